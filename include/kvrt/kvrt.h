@@ -1,0 +1,593 @@
+/**
+ * @file kvrt.h
+ * @brief kvrt: an embeddable LLM decoding runtime built around its KV cache.
+ *
+ * This header is the whole stable API. Everything is C; nothing here exposes
+ * C++. Every fallible function returns a ::kvrt_status; on error,
+ * kvrt_last_error() returns a message (thread-local) that says exactly what
+ * was wrong, and the objects passed in are left as they were.
+ *
+ * Objects:
+ *  - ::kvrt_runtime owns the thread pool and the KV block pool (with its
+ *    byte budget). It is internally synchronized.
+ *  - ::kvrt_model is a loaded GGUF model. It is immutable after loading and
+ *    may be used from any number of threads at once.
+ *  - ::kvrt_session is one conversation: its KV cache, its tokens and its
+ *    sampler. A session is used by one thread at a time; different sessions
+ *    may be used on different threads at once.
+ *
+ * Objects that refer to each other hold references inside the library, so
+ * they may be destroyed in any order: a model stays alive while a session
+ * created from it exists, and a runtime while a model loaded into it exists.
+ */
+#ifndef KVRT_H
+#define KVRT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---------------------------------------------------------------------------
+ * Export and deprecation macros
+ * ------------------------------------------------------------------------- */
+
+/** @brief Marks a public symbol. Define it before including this header to
+ *  vendor kvrt statically (for example as empty). */
+#ifndef KVRT_API
+#  if defined(_WIN32)
+#    if defined(KVRT_BUILDING)
+#      define KVRT_API __declspec(dllexport)
+#    else
+#      define KVRT_API
+#    endif
+#  elif defined(__GNUC__)
+#    define KVRT_API __attribute__((visibility("default")))
+#  else
+#    define KVRT_API
+#  endif
+#endif
+
+/** @brief Marks a function that will be removed in a later major version. */
+#if defined(__GNUC__)
+#  define KVRT_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#else
+#  define KVRT_DEPRECATED(msg)
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------
+ * Version
+ * ------------------------------------------------------------------------- */
+
+/** @brief Major version; the shared library's SONAME changes with it. */
+#define KVRT_VERSION_MAJOR 0
+/** @brief Minor version: new functions or fields, nothing removed. */
+#define KVRT_VERSION_MINOR 1
+/** @brief Patch version: fixes only. */
+#define KVRT_VERSION_PATCH 0
+/** @brief The version as one number, major * 10000 + minor * 100 + patch. */
+#define KVRT_VERSION_NUMBER \
+  (KVRT_VERSION_MAJOR * 10000 + KVRT_VERSION_MINOR * 100 + KVRT_VERSION_PATCH)
+
+/**
+ * @brief The library's version as text, such as "0.1.0".
+ * @return Static text; never NULL. Any thread may call it.
+ */
+KVRT_API const char* kvrt_version(void);
+
+/**
+ * @brief The library's version as a number (see ::KVRT_VERSION_NUMBER).
+ *
+ * Compare it with ::KVRT_VERSION_NUMBER to detect a header/library mismatch.
+ * @return The version number. Any thread may call it.
+ */
+KVRT_API uint32_t kvrt_version_number(void);
+
+/**
+ * @brief How the library was built and what it found on this CPU: SIMD level
+ *        in use, CUDA support, zstd version.
+ * @return Static text; never NULL. Any thread may call it.
+ */
+KVRT_API const char* kvrt_build_info(void);
+
+/* ---------------------------------------------------------------------------
+ * Status codes
+ * ------------------------------------------------------------------------- */
+
+/**
+ * @brief Result of every fallible call.
+ *
+ * Values are grouped by family (argument/misuse 1xx, resource 2xx,
+ * format 3xx, device 4xx, other 9xx). Values are only ever added, never
+ * renumbered or reused.
+ */
+typedef enum kvrt_status {
+  KVRT_OK = 0,                         /**< Success. */
+
+  KVRT_ERR_INVALID_ARGUMENT = 100,     /**< A NULL pointer or a meaningless value. */
+  KVRT_ERR_STRUCT_SIZE = 101,          /**< A parameter struct's struct_size is too small. */
+  KVRT_ERR_OUT_OF_RANGE = 102,         /**< A token id, count or index outside its range. */
+  KVRT_ERR_CONTEXT_FULL = 103,         /**< The tokens would not fit in the session's context. */
+  KVRT_ERR_BUFFER_TOO_SMALL = 104,     /**< An output buffer is too small; the size needed is returned. */
+  KVRT_ERR_ABORTED = 105,              /**< The call was stopped by kvrt_session_request_abort(). */
+
+  KVRT_ERR_OUT_OF_MEMORY = 200,        /**< The KV budget or host memory is exhausted. */
+  KVRT_ERR_IO = 201,                   /**< A file could not be opened, read or written. */
+
+  KVRT_ERR_CORRUPT = 300,              /**< A file or buffer is malformed or truncated. */
+  KVRT_ERR_UNSUPPORTED = 301,          /**< A valid but unsupported architecture, type or format. */
+  KVRT_ERR_MODEL_MISMATCH = 302,       /**< Data made for another model. */
+  KVRT_ERR_VERSION = 303,              /**< A format version this library cannot read. */
+
+  KVRT_ERR_NO_DEVICE = 400,            /**< No usable GPU; the CPU is used instead. */
+  KVRT_ERR_DEVICE = 401,               /**< A GPU call failed. */
+
+  KVRT_ERR_INTERNAL = 900              /**< A bug in kvrt; the message says where. */
+} kvrt_status;
+
+/**
+ * @brief A short static description of a status, such as "out of memory".
+ * @param status Any value, including unknown ones.
+ * @return Static text; never NULL. Any thread may call it.
+ */
+KVRT_API const char* kvrt_status_string(kvrt_status status);
+
+/**
+ * @brief Detail about the last error on the calling thread: which file,
+ *        field, value or limit.
+ *
+ * Set by every call that returns an error; calls that succeed leave it as it
+ * was.
+ * @return Thread-local text, valid until the next kvrt call on this thread;
+ *         "" when no error has occurred. Never NULL.
+ */
+KVRT_API const char* kvrt_last_error(void);
+
+/* ---------------------------------------------------------------------------
+ * Opaque types
+ * ------------------------------------------------------------------------- */
+
+/** @brief Thread pool, KV block pool and memory budget. */
+typedef struct kvrt_runtime kvrt_runtime;
+/** @brief A loaded model: weights, hyper-parameters, tokenizer. */
+typedef struct kvrt_model kvrt_model;
+/** @brief One conversation: KV cache, tokens, sampler. */
+typedef struct kvrt_session kvrt_session;
+
+/* ---------------------------------------------------------------------------
+ * Enumerations and parameter structs
+ * ------------------------------------------------------------------------- */
+
+/**
+ * @brief Storage format of the KV cache (chosen per session, for K and V).
+ */
+typedef enum kvrt_kv_format {
+  KVRT_KV_FORMAT_F32 = 0,   /**< 32-bit float (reference). */
+  KVRT_KV_FORMAT_F16 = 1,   /**< IEEE half precision. */
+  KVRT_KV_FORMAT_BF16 = 2,  /**< bfloat16 (not yet supported). */
+  KVRT_KV_FORMAT_Q8 = 3,    /**< 8-bit integers with scales (not yet supported). */
+  KVRT_KV_FORMAT_Q4 = 4     /**< 4-bit integers with scales (not yet supported). */
+} kvrt_kv_format;
+
+/** @brief Number of values in ::kvrt_kv_format. */
+#define KVRT_KV_FORMAT_COUNT 5
+
+/**
+ * @brief Parameters of kvrt_runtime_create().
+ *
+ * Initialize with kvrt_runtime_default_params(); the library reads
+ * min(struct_size, its own size) bytes and uses defaults for the rest.
+ */
+typedef struct kvrt_runtime_params {
+  uint32_t struct_size;      /**< sizeof(kvrt_runtime_params), set by the init function. */
+  uint32_t n_threads;        /**< Worker threads; 0 means one per core. Default 0. */
+  uint64_t kv_budget_bytes;  /**< Bytes of KV cache all sessions may hold together. Default 1 GiB. */
+  uint32_t block_tokens;     /**< Positions per KV block (1..1024). Default 16. */
+  uint32_t reserved0;        /**< Must be 0. */
+} kvrt_runtime_params;
+
+/**
+ * @brief Parameters of kvrt_model_load().
+ */
+typedef struct kvrt_model_params {
+  uint32_t struct_size;      /**< sizeof(kvrt_model_params), set by the init function. */
+  uint32_t reserved0;        /**< Must be 0. */
+} kvrt_model_params;
+
+/**
+ * @brief Parameters of kvrt_session_create().
+ */
+typedef struct kvrt_session_params {
+  uint32_t struct_size;      /**< sizeof(kvrt_session_params), set by the init function. */
+  uint32_t kv_format_k;      /**< ::kvrt_kv_format of keys. Default ::KVRT_KV_FORMAT_F16. */
+  uint32_t kv_format_v;      /**< ::kvrt_kv_format of values. Default ::KVRT_KV_FORMAT_F16. */
+  uint32_t n_ctx;            /**< Most tokens the session may hold; 0 means the model's context length. */
+  uint32_t max_batch;        /**< Most tokens processed in one pass of a prefill; longer inputs are split. 0 means 64. */
+} kvrt_session_params;
+
+/**
+ * @brief Sampler settings of a session (kvrt_session_set_sampler()).
+ *
+ * The order is: temperature; then top-k; then top-p; then a draw from a
+ * generator seeded with @c seed. A temperature of 0 is greedy (the highest
+ * logit, lowest id on ties) and ignores the rest.
+ */
+typedef struct kvrt_sampler_params {
+  uint32_t struct_size;      /**< sizeof(kvrt_sampler_params), set by the init function. */
+  float temperature;         /**< >= 0; 0 is greedy. Default 0.8. */
+  uint32_t top_k;            /**< Keep the k most likely tokens; 0 keeps all. Default 40. */
+  float top_p;               /**< Keep the smallest set whose probability reaches p, in (0, 1]. Default 0.95. */
+  uint64_t seed;             /**< Seed of the random generator. Default 0. */
+} kvrt_sampler_params;
+
+/**
+ * @brief What kvrt_model_get_info() reports.
+ */
+typedef struct kvrt_model_info {
+  uint32_t struct_size;      /**< Set by the caller to sizeof(kvrt_model_info). */
+  uint32_t n_vocab;          /**< Tokens in the vocabulary. */
+  uint32_t n_ctx_train;      /**< Context length the model declares. */
+  uint32_t n_embd;           /**< Embedding width. */
+  uint32_t n_layer;          /**< Transformer blocks. */
+  uint32_t n_head;           /**< Query heads. */
+  uint32_t n_head_kv;        /**< Key/value heads. */
+  uint32_t head_dim;         /**< Width of one head. */
+  uint32_t n_ff;             /**< Feed-forward width. */
+  int32_t bos_token;         /**< Beginning-of-sequence token, or -1. */
+  int32_t eos_token;         /**< End-of-sequence token, or -1. */
+  uint32_t reserved0;        /**< 0. */
+  uint64_t n_params;         /**< Parameters in all weight tensors. */
+  uint64_t weight_bytes;     /**< Bytes of all weight tensors as stored. */
+  /** KV bytes per token for each ::kvrt_kv_format used for both K and V:
+   *  layers x 2 x kv_heads x head_dim x bytes per element, plus scales. 0 for
+   *  formats this build does not support. */
+  uint64_t kv_bytes_per_token[KVRT_KV_FORMAT_COUNT];
+  char architecture[32];     /**< Architecture, such as "llama"; NUL-terminated. */
+  char name[64];             /**< general.name, possibly cut short; NUL-terminated. */
+} kvrt_model_info;
+
+/**
+ * @brief What kvrt_session_get_stats() reports.
+ */
+typedef struct kvrt_session_stats {
+  uint32_t struct_size;      /**< Set by the caller to sizeof(kvrt_session_stats). */
+  uint32_t n_tokens;         /**< Tokens in the cache. */
+  uint32_t n_ctx;            /**< Most tokens the session may hold. */
+  uint32_t n_blocks;         /**< KV blocks the session refers to. */
+  uint32_t block_tokens;     /**< Positions per block. */
+  uint32_t kv_format_k;      /**< ::kvrt_kv_format of keys. */
+  uint32_t kv_format_v;      /**< ::kvrt_kv_format of values. */
+  uint32_t reserved0;        /**< 0. */
+  uint64_t kv_bytes;         /**< Bytes of the blocks the session refers to. */
+  uint64_t kv_bytes_per_token; /**< Bytes one token takes in this session's formats. */
+} kvrt_session_stats;
+
+/**
+ * @brief What kvrt_runtime_get_stats() reports.
+ */
+typedef struct kvrt_runtime_stats {
+  uint32_t struct_size;      /**< Set by the caller to sizeof(kvrt_runtime_stats). */
+  uint32_t n_threads;        /**< Worker threads in use. */
+  uint64_t kv_budget_bytes;  /**< The pool's byte budget. */
+  uint64_t kv_used_bytes;    /**< Bytes of blocks in use by all sessions. */
+  uint64_t kv_reserved_bytes; /**< Bytes the pool holds from the system (used or free). */
+  uint64_t n_blocks_used;    /**< Blocks in use. */
+} kvrt_runtime_stats;
+
+/** @brief kvrt_tokenize() flag: put the beginning-of-sequence token first. */
+#define KVRT_TOKENIZE_ADD_BOS 1u
+
+/**
+ * @brief Fills @p params with the defaults and sets struct_size.
+ * @param params Out: the struct to fill; ignored when NULL.
+ */
+KVRT_API void kvrt_runtime_default_params(kvrt_runtime_params* params);
+/** @brief Fills @p params with the defaults. @param params Out; ignored when NULL. */
+KVRT_API void kvrt_model_default_params(kvrt_model_params* params);
+/** @brief Fills @p params with the defaults. @param params Out; ignored when NULL. */
+KVRT_API void kvrt_session_default_params(kvrt_session_params* params);
+/** @brief Fills @p params with the defaults. @param params Out; ignored when NULL. */
+KVRT_API void kvrt_sampler_default_params(kvrt_sampler_params* params);
+
+/* ---------------------------------------------------------------------------
+ * Runtime
+ * ------------------------------------------------------------------------- */
+
+/**
+ * @brief Creates a runtime: a thread pool and a KV block pool with a budget.
+ *
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @param out Out: the new runtime, owned by the caller (kvrt_runtime_destroy()).
+ *            Set to NULL on error.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL @p out, a nonzero
+ *         reserved field, block_tokens outside 1..1024);
+ *         ::KVRT_ERR_STRUCT_SIZE (struct_size below the first version's
+ *         size); ::KVRT_ERR_OUT_OF_MEMORY.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_runtime_create(const kvrt_runtime_params* params,
+                                         kvrt_runtime** out);
+
+/**
+ * @brief Releases the caller's reference to a runtime.
+ *
+ * The runtime is freed once no model loaded into it remains.
+ * @param runtime In: the runtime, or NULL (nothing happens).
+ * @note Do not use @p runtime afterwards. Any thread may call it, but not
+ *       while another thread uses the same handle.
+ */
+KVRT_API void kvrt_runtime_destroy(kvrt_runtime* runtime);
+
+/**
+ * @brief Reports the runtime's threads and the block pool's use.
+ * @param runtime In: the runtime.
+ * @param stats In/out: struct_size set by the caller; filled up to it.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL);
+ *         ::KVRT_ERR_STRUCT_SIZE.
+ * @note Any thread may call it at any time.
+ */
+KVRT_API kvrt_status kvrt_runtime_get_stats(const kvrt_runtime* runtime,
+                                            kvrt_runtime_stats* stats);
+
+/* ---------------------------------------------------------------------------
+ * Model
+ * ------------------------------------------------------------------------- */
+
+/**
+ * @brief Loads a GGUF model (version 2 or 3) into a runtime.
+ *
+ * The file is memory-mapped and every count, offset and extent in it is
+ * checked against its size before use. Supported: architecture "llama";
+ * weight types F32, F16, BF16, Q8_0; tokenizer "llama" (SentencePiece-style).
+ *
+ * @param runtime In: the runtime; the model keeps a reference to it.
+ * @param path In: file path (UTF-8, NUL-terminated). Not kept.
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @param out Out: the model, owned by the caller (kvrt_model_destroy()).
+ *            Set to NULL on error.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_STRUCT_SIZE;
+ *         ::KVRT_ERR_IO (cannot open or map); ::KVRT_ERR_CORRUPT (malformed or
+ *         truncated file); ::KVRT_ERR_UNSUPPORTED (another architecture,
+ *         weight type or tokenizer, named in the message);
+ *         ::KVRT_ERR_OUT_OF_MEMORY.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_model_load(kvrt_runtime* runtime, const char* path,
+                                     const kvrt_model_params* params,
+                                     kvrt_model** out);
+
+/**
+ * @brief Releases the caller's reference to a model.
+ *
+ * The model is freed once no session created from it remains.
+ * @param model In: the model, or NULL (nothing happens).
+ */
+KVRT_API void kvrt_model_destroy(kvrt_model* model);
+
+/**
+ * @brief Describes a model: shapes, vocabulary, and KV bytes per token.
+ * @param model In: the model.
+ * @param info In/out: struct_size set by the caller; filled up to it.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_STRUCT_SIZE.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_model_get_info(const kvrt_model* model,
+                                         kvrt_model_info* info);
+
+/**
+ * @brief KV bytes one token takes with the given key and value formats,
+ *        scales included.
+ * @param model In: the model.
+ * @param format_k In: ::kvrt_kv_format of keys.
+ * @param format_v In: ::kvrt_kv_format of values.
+ * @param bytes Out: bytes per token.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL, unknown format);
+ *         ::KVRT_ERR_UNSUPPORTED (a format this build does not support).
+ */
+KVRT_API kvrt_status kvrt_model_kv_bytes_per_token(const kvrt_model* model,
+                                                   uint32_t format_k,
+                                                   uint32_t format_v,
+                                                   uint64_t* bytes);
+
+/**
+ * @brief Turns text into token ids.
+ *
+ * With @p tokens NULL and @p capacity 0 it only counts. When @p capacity is
+ * too small, nothing is written and ::KVRT_ERR_BUFFER_TOO_SMALL is returned
+ * with the count needed in @p n_tokens.
+ *
+ * @param model In: the model.
+ * @param text In: UTF-8 text, @p text_len bytes (need not be NUL-terminated;
+ *             may be NULL when @p text_len is 0).
+ * @param text_len In: bytes of @p text.
+ * @param flags In: ::KVRT_TOKENIZE_ADD_BOS or 0.
+ * @param tokens Out: the ids, or NULL with @p capacity 0.
+ * @param capacity In: room in @p tokens, in tokens.
+ * @param n_tokens Out: the number of ids (written or needed).
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL pointers, unknown
+ *         flags); ::KVRT_ERR_BUFFER_TOO_SMALL.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_tokenize(const kvrt_model* model, const char* text,
+                                   size_t text_len, uint32_t flags,
+                                   int32_t* tokens, size_t capacity,
+                                   size_t* n_tokens);
+
+/**
+ * @brief Turns token ids back into UTF-8 text.
+ *
+ * Control tokens (BOS, EOS, unknown) produce no text; byte tokens produce
+ * their byte; the word-start marker becomes a space, except at the very start
+ * of the output right after BOS. The output is NUL-terminated when room
+ * remains; @p text_len does not count the NUL.
+ *
+ * @param model In: the model.
+ * @param tokens In: @p n_tokens ids (may be NULL when @p n_tokens is 0).
+ * @param n_tokens In: number of ids.
+ * @param text Out: the text, or NULL with @p capacity 0 to query the size.
+ * @param capacity In: room in @p text, in bytes.
+ * @param text_len Out: bytes of text (written or needed, NUL excluded).
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_OUT_OF_RANGE (an
+ *         id outside the vocabulary); ::KVRT_ERR_BUFFER_TOO_SMALL.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_detokenize(const kvrt_model* model,
+                                     const int32_t* tokens, size_t n_tokens,
+                                     char* text, size_t capacity,
+                                     size_t* text_len);
+
+/**
+ * @brief The text of one token as it appears when streamed after other text
+ *        (a word-start marker becomes a leading space).
+ * @param model In: the model.
+ * @param token In: the id.
+ * @param text Out: the bytes (not NUL-terminated), or NULL with @p capacity 0.
+ * @param capacity In: room in @p text.
+ * @param text_len Out: bytes written or needed.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_OUT_OF_RANGE;
+ *         ::KVRT_ERR_BUFFER_TOO_SMALL.
+ */
+KVRT_API kvrt_status kvrt_token_to_piece(const kvrt_model* model, int32_t token,
+                                         char* text, size_t capacity,
+                                         size_t* text_len);
+
+/* ---------------------------------------------------------------------------
+ * Session
+ * ------------------------------------------------------------------------- */
+
+/**
+ * @brief Creates an empty session (no tokens, no blocks yet).
+ *
+ * Work buffers are sized here, so decoding does not allocate except KV
+ * blocks from the runtime's pool.
+ *
+ * @param model In: the model; the session keeps a reference to it.
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @param out Out: the session, owned by the caller (kvrt_session_destroy()).
+ *            Set to NULL on error.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (unknown format, n_ctx above
+ *         the model's context length); ::KVRT_ERR_STRUCT_SIZE;
+ *         ::KVRT_ERR_UNSUPPORTED (a format or K/V combination this build does
+ *         not support, named in the message); ::KVRT_ERR_OUT_OF_MEMORY.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_session_create(kvrt_model* model,
+                                         const kvrt_session_params* params,
+                                         kvrt_session** out);
+
+/**
+ * @brief Destroys a session and returns its KV blocks to the pool.
+ * @param session In: the session, or NULL (nothing happens).
+ */
+KVRT_API void kvrt_session_destroy(kvrt_session* session);
+
+/**
+ * @brief Appends @p n_tokens tokens to the session and computes the logits of
+ *        the last one.
+ *
+ * One token is a decode step; more are a prefill, processed in batches of up
+ * to max_batch tokens. All KV blocks the tokens need are taken from the pool
+ * before any work starts, so a refused call changes nothing.
+ *
+ * @param session In/out: the session.
+ * @param tokens In: @p n_tokens ids, each in [0, n_vocab).
+ * @param n_tokens In: at least 1.
+ * @param logits Out: n_vocab floats for the last token, or NULL to skip the
+ *               output layer (for example for a prompt whose logits are not
+ *               needed).
+ * @param logits_capacity In: room in @p logits, in floats (>= n_vocab when
+ *               @p logits is not NULL).
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL, n_tokens 0);
+ *         ::KVRT_ERR_OUT_OF_RANGE (a token id outside the vocabulary);
+ *         ::KVRT_ERR_CONTEXT_FULL (the tokens would exceed n_ctx);
+ *         ::KVRT_ERR_BUFFER_TOO_SMALL (@p logits_capacity < n_vocab);
+ *         ::KVRT_ERR_OUT_OF_MEMORY (the pool's budget cannot hold the new
+ *         blocks); ::KVRT_ERR_ABORTED. On any error the session is unchanged
+ *         and remains usable.
+ * @note One thread at a time per session.
+ */
+KVRT_API kvrt_status kvrt_decode_step(kvrt_session* session,
+                                      const int32_t* tokens, size_t n_tokens,
+                                      float* logits, size_t logits_capacity);
+
+/**
+ * @brief Sets the session's sampler and reseeds its random generator.
+ * @param session In/out: the session.
+ * @param params In: settings, or NULL for the defaults.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (negative or non-finite
+ *         temperature, top_p outside (0, 1]); ::KVRT_ERR_STRUCT_SIZE. On
+ *         error the previous sampler is kept.
+ * @note One thread at a time per session.
+ */
+KVRT_API kvrt_status kvrt_session_set_sampler(kvrt_session* session,
+                                              const kvrt_sampler_params* params);
+
+/**
+ * @brief Draws the next token from logits with the session's sampler.
+ *
+ * The draw advances the session's random generator; the same seed and the
+ * same logits give the same tokens.
+ *
+ * @param session In/out: the session (its generator advances).
+ * @param logits In: @p n_logits scores (n_vocab of them); not modified.
+ * @param n_logits In: must equal the model's n_vocab.
+ * @param token Out: the chosen id.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL, wrong count, NaN in
+ *         the logits).
+ * @note One thread at a time per session.
+ */
+KVRT_API kvrt_status kvrt_session_sample(kvrt_session* session,
+                                         const float* logits, size_t n_logits,
+                                         int32_t* token);
+
+/**
+ * @brief Shortens the session to its first @p n_tokens tokens.
+ *
+ * Blocks past the new end go back to the pool.
+ * @param session In/out: the session.
+ * @param n_tokens In: at most the session's current token count.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_OUT_OF_RANGE
+ *         (more tokens than the session holds; nothing changes).
+ * @note One thread at a time per session.
+ */
+KVRT_API kvrt_status kvrt_session_rewind(kvrt_session* session, size_t n_tokens);
+
+/**
+ * @brief Copies the session's token ids.
+ * @param session In: the session.
+ * @param tokens Out: the ids, or NULL with @p capacity 0 to query the count.
+ * @param capacity In: room in @p tokens.
+ * @param n_tokens Out: the count (written or needed).
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_BUFFER_TOO_SMALL.
+ */
+KVRT_API kvrt_status kvrt_session_get_tokens(const kvrt_session* session,
+                                             int32_t* tokens, size_t capacity,
+                                             size_t* n_tokens);
+
+/**
+ * @brief Reports the session's tokens, blocks and bytes.
+ * @param session In: the session.
+ * @param stats In/out: struct_size set by the caller; filled up to it.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_STRUCT_SIZE.
+ */
+KVRT_API kvrt_status kvrt_session_get_stats(const kvrt_session* session,
+                                            kvrt_session_stats* stats);
+
+/**
+ * @brief Asks a running kvrt_decode_step() on @p session to stop early.
+ *
+ * This is the one call that may be made from another thread while the
+ * session is in use. The decode returns ::KVRT_ERR_ABORTED with the session
+ * unchanged; the request is cleared when a decode starts.
+ * @param session In: the session.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT.
+ */
+KVRT_API kvrt_status kvrt_session_request_abort(kvrt_session* session);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* KVRT_H */

@@ -1,0 +1,74 @@
+// Byte layout of one KV block, shared by the cache, the CPU kernels and CUDA.
+//
+// A block holds block_tokens positions for every layer. Per layer: the K part
+// for each KV head ([block_tokens][head_dim] elements), then the V part for
+// each KV head. One head's keys for a block are contiguous, so attention for
+// a head streams one run of bytes per block.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "portable.h"
+
+namespace kvrt_k {
+
+// Storage formats; the values are kvrt_kv_format's.
+enum KvFormat : uint32_t {
+  KV_F32 = 0,
+  KV_F16 = 1,
+  KV_BF16 = 2,
+  KV_Q8 = 3,
+  KV_Q4 = 4,
+};
+
+struct KvLayout {
+  uint32_t n_layer;
+  uint32_t n_head_kv;
+  uint32_t head_dim;
+  uint32_t block_tokens;
+  uint32_t k_format;
+  uint32_t v_format;
+  size_t k_head_bytes;  // one head's K in one block
+  size_t v_head_bytes;  // one head's V in one block
+  size_t layer_bytes;   // n_head_kv * (k_head_bytes + v_head_bytes)
+  size_t block_bytes;   // n_layer * layer_bytes
+};
+
+// Bytes of one element of an unquantized format; 0 for formats that are not
+// plain element arrays.
+KVRT_HD size_t kv_elem_bytes(uint32_t format) {
+  return format == KV_F32 ? 4 : (format == KV_F16 || format == KV_BF16) ? 2 : 0;
+}
+
+// Fills the derived sizes. Returns false for formats without a layout yet.
+KVRT_HD bool kv_layout_init(KvLayout* l, uint32_t n_layer, uint32_t n_head_kv,
+                            uint32_t head_dim, uint32_t block_tokens,
+                            uint32_t k_format, uint32_t v_format) {
+  size_t ek = kv_elem_bytes(k_format), ev = kv_elem_bytes(v_format);
+  if (ek == 0 || ev == 0) return false;
+  l->n_layer = n_layer;
+  l->n_head_kv = n_head_kv;
+  l->head_dim = head_dim;
+  l->block_tokens = block_tokens;
+  l->k_format = k_format;
+  l->v_format = v_format;
+  l->k_head_bytes = (size_t)block_tokens * head_dim * ek;
+  l->v_head_bytes = (size_t)block_tokens * head_dim * ev;
+  l->layer_bytes = (size_t)n_head_kv * (l->k_head_bytes + l->v_head_bytes);
+  l->block_bytes = (size_t)n_layer * l->layer_bytes;
+  return true;
+}
+
+// Byte offset, from a block's base, of head `head`'s K in layer `layer`.
+KVRT_HD size_t kv_k_offset(const KvLayout& l, uint32_t layer, uint32_t head) {
+  return (size_t)layer * l.layer_bytes + (size_t)head * l.k_head_bytes;
+}
+
+// Byte offset, from a block's base, of head `head`'s V in layer `layer`.
+KVRT_HD size_t kv_v_offset(const KvLayout& l, uint32_t layer, uint32_t head) {
+  return (size_t)layer * l.layer_bytes + (size_t)l.n_head_kv * l.k_head_bytes +
+         (size_t)head * l.v_head_bytes;
+}
+
+}  // namespace kvrt_k

@@ -1,0 +1,448 @@
+// The C ABI: argument checks, parameter structs read by struct_size, C++
+// exceptions turned into statuses and a thread-local message.
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include <zstd.h>
+
+#include "engine/runtime.hpp"
+#include "engine/session.hpp"
+#include "kvrt/kvrt.h"
+#include "util/error.hpp"
+
+struct kvrt_runtime {
+  std::shared_ptr<kvrt::Runtime> rt;
+};
+struct kvrt_model {
+  std::shared_ptr<const kvrt::LoadedModel> m;
+};
+struct kvrt_session {
+  std::unique_ptr<kvrt::Session> s;
+};
+
+namespace {
+
+thread_local std::string t_last_error;
+
+void set_error(const char* fn, const char* msg) {
+  t_last_error = fn;
+  t_last_error += ": ";
+  t_last_error += msg;
+}
+
+// Runs f; maps every exception to a status and the thread-local message.
+template <class F>
+kvrt_status guard(const char* fn, F&& f) noexcept {
+  try {
+    f();
+    return KVRT_OK;
+  } catch (const kvrt::Error& e) {
+    set_error(fn, e.what());
+    return e.status();
+  } catch (const std::bad_alloc&) {
+    set_error(fn, "out of host memory");
+    return KVRT_ERR_OUT_OF_MEMORY;
+  } catch (const std::exception& e) {
+    try {
+      set_error(fn, (std::string("internal error: ") + e.what()).c_str());
+    } catch (...) {
+    }
+    return KVRT_ERR_INTERNAL;
+  } catch (...) {
+    set_error(fn, "internal error: unknown exception");
+    return KVRT_ERR_INTERNAL;
+  }
+}
+
+template <class T>
+void require(const T* p, const char* name) {
+  if (!p) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "%s is NULL", name);
+}
+
+// Reads a caller's parameter struct: defaults for what it does not carry.
+template <class T>
+T read_params(const T* user, void (*defaults)(T*), const char* name) {
+  T p;
+  defaults(&p);
+  if (!user) return p;
+  if (user->struct_size < sizeof(T))
+    kvrt::fail(KVRT_ERR_STRUCT_SIZE, "%s->struct_size = %u is smaller than %zu (use the *_default_params function)",
+               name, user->struct_size, sizeof(T));
+  std::memcpy(&p, user, sizeof(T));
+  return p;
+}
+
+// Checks an output struct's struct_size; returns the bytes to fill.
+template <class T>
+size_t out_size(const T* out, const char* name) {
+  require(out, name);
+  if (out->struct_size < sizeof(T))
+    kvrt::fail(KVRT_ERR_STRUCT_SIZE, "%s->struct_size = %u is smaller than %zu", name,
+               out->struct_size, sizeof(T));
+  return sizeof(T);
+}
+
+void copy_text(char* dst, size_t cap, const char* src) {
+  std::strncpy(dst, src, cap - 1);
+  dst[cap - 1] = '\0';
+}
+
+}  // namespace
+
+extern "C" {
+
+KVRT_API const char* kvrt_version(void) { return KVRT_VERSION_STRING; }
+
+KVRT_API uint32_t kvrt_version_number(void) { return KVRT_VERSION_NUMBER; }
+
+KVRT_API const char* kvrt_build_info(void) {
+  static const std::string info = [] {
+    std::string s = "kvrt " KVRT_VERSION_STRING "; cpu: ";
+    s += kvrt_k::cpu_isa_name(kvrt_k::cpu_isa());
+    s += "; cuda: no; zstd ";
+    s += ZSTD_versionString();
+    return s;
+  }();
+  return info.c_str();
+}
+
+KVRT_API const char* kvrt_status_string(kvrt_status status) {
+  switch (status) {
+    case KVRT_OK: return "ok";
+    case KVRT_ERR_INVALID_ARGUMENT: return "invalid argument";
+    case KVRT_ERR_STRUCT_SIZE: return "struct_size too small";
+    case KVRT_ERR_OUT_OF_RANGE: return "out of range";
+    case KVRT_ERR_CONTEXT_FULL: return "context full";
+    case KVRT_ERR_BUFFER_TOO_SMALL: return "buffer too small";
+    case KVRT_ERR_ABORTED: return "aborted";
+    case KVRT_ERR_OUT_OF_MEMORY: return "out of memory";
+    case KVRT_ERR_IO: return "i/o error";
+    case KVRT_ERR_CORRUPT: return "corrupt data";
+    case KVRT_ERR_UNSUPPORTED: return "unsupported";
+    case KVRT_ERR_MODEL_MISMATCH: return "model mismatch";
+    case KVRT_ERR_VERSION: return "unsupported version";
+    case KVRT_ERR_NO_DEVICE: return "no device";
+    case KVRT_ERR_DEVICE: return "device error";
+    case KVRT_ERR_INTERNAL: return "internal error";
+  }
+  return "unknown status";
+}
+
+KVRT_API const char* kvrt_last_error(void) { return t_last_error.c_str(); }
+
+KVRT_API void kvrt_runtime_default_params(kvrt_runtime_params* p) {
+  if (!p) return;
+  std::memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+  p->n_threads = 0;
+  p->kv_budget_bytes = 1ull << 30;
+  p->block_tokens = 16;
+}
+
+KVRT_API void kvrt_model_default_params(kvrt_model_params* p) {
+  if (!p) return;
+  std::memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+}
+
+KVRT_API void kvrt_session_default_params(kvrt_session_params* p) {
+  if (!p) return;
+  std::memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+  p->kv_format_k = KVRT_KV_FORMAT_F16;
+  p->kv_format_v = KVRT_KV_FORMAT_F16;
+  p->n_ctx = 0;
+  p->max_batch = 0;
+}
+
+KVRT_API void kvrt_sampler_default_params(kvrt_sampler_params* p) {
+  if (!p) return;
+  std::memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+  p->temperature = 0.8f;
+  p->top_k = 40;
+  p->top_p = 0.95f;
+  p->seed = 0;
+}
+
+KVRT_API kvrt_status kvrt_runtime_create(const kvrt_runtime_params* params, kvrt_runtime** out) {
+  if (out) *out = nullptr;
+  return guard(__func__, [&] {
+    require(out, "out");
+    kvrt_runtime_params p = read_params(params, kvrt_runtime_default_params, "params");
+    if (p.reserved0 != 0) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "params->reserved0 must be 0");
+    if (p.n_threads > kvrt::CpuBackend::kMaxThreads)
+      kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "n_threads = %u exceeds %u", p.n_threads,
+                 kvrt::CpuBackend::kMaxThreads);
+    if (p.block_tokens < 1 || p.block_tokens > 1024)
+      kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "block_tokens = %u is outside 1..1024", p.block_tokens);
+    if (p.kv_budget_bytes == 0)
+      kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "kv_budget_bytes is 0: no KV block could ever be allocated");
+    kvrt::RuntimeConfig cfg;
+    cfg.n_threads = p.n_threads;
+    cfg.kv_budget_bytes = p.kv_budget_bytes;
+    cfg.block_tokens = p.block_tokens;
+    auto h = std::make_unique<kvrt_runtime>();
+    h->rt = std::make_shared<kvrt::Runtime>(cfg);
+    *out = h.release();
+  });
+}
+
+KVRT_API void kvrt_runtime_destroy(kvrt_runtime* runtime) { delete runtime; }
+
+KVRT_API kvrt_status kvrt_runtime_get_stats(const kvrt_runtime* runtime, kvrt_runtime_stats* stats) {
+  return guard(__func__, [&] {
+    require(runtime, "runtime");
+    size_t n = out_size(stats, "stats");
+    kvrt_runtime_stats s{};
+    s.struct_size = static_cast<uint32_t>(n);
+    const kvrt::Runtime& rt = *runtime->rt;
+    s.n_threads = rt.config().n_threads;
+    s.kv_budget_bytes = rt.budget().limit();
+    s.kv_used_bytes = rt.budget().used();
+    s.kv_reserved_bytes = const_cast<kvrt::Runtime&>(rt).reserved_bytes();
+    s.n_blocks_used = const_cast<kvrt::Runtime&>(rt).blocks_in_use();
+    std::memcpy(stats, &s, n);
+  });
+}
+
+KVRT_API kvrt_status kvrt_model_load(kvrt_runtime* runtime, const char* path,
+                                     const kvrt_model_params* params, kvrt_model** out) {
+  if (out) *out = nullptr;
+  return guard(__func__, [&] {
+    require(runtime, "runtime");
+    require(path, "path");
+    require(out, "out");
+    kvrt_model_params p = read_params(params, kvrt_model_default_params, "params");
+    if (p.reserved0 != 0) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "params->reserved0 must be 0");
+    auto lm = std::make_shared<kvrt::LoadedModel>();
+    lm->runtime = runtime->rt;
+    lm->model = kvrt::Model::load(path);
+    auto h = std::make_unique<kvrt_model>();
+    h->m = std::move(lm);
+    *out = h.release();
+  });
+}
+
+KVRT_API void kvrt_model_destroy(kvrt_model* model) { delete model; }
+
+KVRT_API kvrt_status kvrt_model_get_info(const kvrt_model* model, kvrt_model_info* info) {
+  return guard(__func__, [&] {
+    require(model, "model");
+    size_t n = out_size(info, "info");
+    const kvrt::Model& m = *model->m->model;
+    const kvrt::HParams& hp = m.hparams();
+    kvrt_model_info s{};
+    s.struct_size = static_cast<uint32_t>(n);
+    s.n_vocab = hp.n_vocab;
+    s.n_ctx_train = hp.n_ctx_train;
+    s.n_embd = hp.n_embd;
+    s.n_layer = hp.n_layer;
+    s.n_head = hp.n_head;
+    s.n_head_kv = hp.n_head_kv;
+    s.head_dim = hp.head_dim;
+    s.n_ff = hp.n_ff;
+    s.bos_token = m.tokenizer().bos();
+    s.eos_token = m.tokenizer().eos();
+    s.n_params = m.n_params;
+    s.weight_bytes = m.weight_bytes;
+    for (uint32_t f = 0; f < KVRT_KV_FORMAT_COUNT; ++f)
+      s.kv_bytes_per_token[f] = kvrt::kv_bytes_per_token(hp, f, f);
+    copy_text(s.architecture, sizeof s.architecture, hp.architecture.c_str());
+    copy_text(s.name, sizeof s.name, hp.name.c_str());
+    std::memcpy(info, &s, n);
+  });
+}
+
+KVRT_API kvrt_status kvrt_model_kv_bytes_per_token(const kvrt_model* model, uint32_t format_k,
+                                                   uint32_t format_v, uint64_t* bytes) {
+  return guard(__func__, [&] {
+    require(model, "model");
+    require(bytes, "bytes");
+    if (format_k >= KVRT_KV_FORMAT_COUNT || format_v >= KVRT_KV_FORMAT_COUNT)
+      kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "unknown KV format (keys %u, values %u)", format_k, format_v);
+    uint64_t b = kvrt::kv_bytes_per_token(model->m->model->hparams(), format_k, format_v);
+    if (b == 0)
+      kvrt::fail(KVRT_ERR_UNSUPPORTED, "KV formats %u/%u are not supported by this build", format_k,
+                 format_v);
+    *bytes = b;
+  });
+}
+
+KVRT_API kvrt_status kvrt_tokenize(const kvrt_model* model, const char* text, size_t text_len,
+                                   uint32_t flags, int32_t* tokens, size_t capacity,
+                                   size_t* n_tokens) {
+  return guard(__func__, [&] {
+    require(model, "model");
+    require(n_tokens, "n_tokens");
+    if (!text && text_len) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "text is NULL but text_len = %zu", text_len);
+    if (!tokens && capacity) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "tokens is NULL but capacity = %zu", capacity);
+    if (flags & ~KVRT_TOKENIZE_ADD_BOS) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", flags);
+    std::vector<int32_t> ids = model->m->model->tokenizer().encode(
+        std::string_view(text ? text : "", text_len), (flags & KVRT_TOKENIZE_ADD_BOS) != 0);
+    *n_tokens = ids.size();
+    if (ids.size() > capacity) {
+      if (!tokens) return;  // a size query
+      kvrt::fail(KVRT_ERR_BUFFER_TOO_SMALL, "%zu tokens do not fit in a capacity of %zu", ids.size(), capacity);
+    }
+    std::copy(ids.begin(), ids.end(), tokens);
+  });
+}
+
+static void check_ids(const kvrt::Model& m, const int32_t* ids, size_t n) {
+  const int32_t nv = m.tokenizer().n_vocab();
+  for (size_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= nv)
+      kvrt::fail(KVRT_ERR_OUT_OF_RANGE, "token %d (index %zu) is outside the vocabulary [0, %d)", ids[i], i, nv);
+}
+
+static void write_text(const std::string& s, char* text, size_t capacity, size_t* text_len, bool nul) {
+  *text_len = s.size();
+  if (s.size() > capacity) {
+    if (!text) return;
+    kvrt::fail(KVRT_ERR_BUFFER_TOO_SMALL, "%zu bytes of text do not fit in a capacity of %zu", s.size(), capacity);
+  }
+  std::memcpy(text, s.data(), s.size());
+  if (nul && s.size() < capacity) text[s.size()] = '\0';
+}
+
+KVRT_API kvrt_status kvrt_detokenize(const kvrt_model* model, const int32_t* tokens, size_t n_tokens,
+                                     char* text, size_t capacity, size_t* text_len) {
+  return guard(__func__, [&] {
+    require(model, "model");
+    require(text_len, "text_len");
+    if (!tokens && n_tokens) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "tokens is NULL but n_tokens = %zu", n_tokens);
+    if (!text && capacity) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "text is NULL but capacity = %zu", capacity);
+    const kvrt::Model& m = *model->m->model;
+    check_ids(m, tokens, n_tokens);
+    std::string s = m.tokenizer().decode(std::span<const int32_t>(tokens, n_tokens));
+    write_text(s, text, capacity, text_len, true);
+  });
+}
+
+KVRT_API kvrt_status kvrt_token_to_piece(const kvrt_model* model, int32_t token, char* text,
+                                         size_t capacity, size_t* text_len) {
+  return guard(__func__, [&] {
+    require(model, "model");
+    require(text_len, "text_len");
+    if (!text && capacity) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "text is NULL but capacity = %zu", capacity);
+    const kvrt::Model& m = *model->m->model;
+    check_ids(m, &token, 1);
+    std::string s;
+    m.tokenizer().append_piece(token, false, s);
+    write_text(s, text, capacity, text_len, false);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_create(kvrt_model* model, const kvrt_session_params* params,
+                                         kvrt_session** out) {
+  if (out) *out = nullptr;
+  return guard(__func__, [&] {
+    require(model, "model");
+    require(out, "out");
+    kvrt_session_params p = read_params(params, kvrt_session_default_params, "params");
+    kvrt::SessionConfig cfg;
+    cfg.k_format = p.kv_format_k;
+    cfg.v_format = p.kv_format_v;
+    cfg.n_ctx = p.n_ctx;
+    cfg.max_batch = p.max_batch;
+    auto h = std::make_unique<kvrt_session>();
+    h->s = std::make_unique<kvrt::Session>(model->m, cfg);
+    *out = h.release();
+  });
+}
+
+KVRT_API void kvrt_session_destroy(kvrt_session* session) { delete session; }
+
+KVRT_API kvrt_status kvrt_decode_step(kvrt_session* session, const int32_t* tokens, size_t n_tokens,
+                                      float* logits, size_t logits_capacity) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    const uint32_t nv = session->s->model().hparams().n_vocab;
+    if (logits && logits_capacity < nv)
+      kvrt::fail(KVRT_ERR_BUFFER_TOO_SMALL, "logits_capacity = %zu is smaller than n_vocab = %u",
+                 logits_capacity, nv);
+    session->s->decode(tokens, n_tokens, logits);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_set_sampler(kvrt_session* session, const kvrt_sampler_params* params) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    kvrt_sampler_params p = read_params(params, kvrt_sampler_default_params, "params");
+    kvrt::SamplerConfig c;
+    c.temperature = p.temperature;
+    c.top_k = p.top_k;
+    c.top_p = p.top_p;
+    c.seed = p.seed;
+    session->s->sampler().configure(c);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_sample(kvrt_session* session, const float* logits, size_t n_logits,
+                                         int32_t* token) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    require(logits, "logits");
+    require(token, "token");
+    const uint32_t nv = session->s->model().hparams().n_vocab;
+    if (n_logits != nv)
+      kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "n_logits = %zu but the model's vocabulary has %u tokens",
+                 n_logits, nv);
+    *token = session->s->sampler().sample(logits, n_logits);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_rewind(kvrt_session* session, size_t n_tokens) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    session->s->rewind(n_tokens);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_get_tokens(const kvrt_session* session, int32_t* tokens,
+                                             size_t capacity, size_t* n_tokens) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    require(n_tokens, "n_tokens");
+    if (!tokens && capacity) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "tokens is NULL but capacity = %zu", capacity);
+    const auto& t = session->s->tokens();
+    *n_tokens = t.size();
+    if (t.size() > capacity) {
+      if (!tokens) return;
+      kvrt::fail(KVRT_ERR_BUFFER_TOO_SMALL, "%zu tokens do not fit in a capacity of %zu", t.size(), capacity);
+    }
+    std::copy(t.begin(), t.end(), tokens);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_get_stats(const kvrt_session* session, kvrt_session_stats* stats) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    size_t n = out_size(stats, "stats");
+    const kvrt::Session& s = *session->s;
+    kvrt_session_stats st{};
+    st.struct_size = static_cast<uint32_t>(n);
+    st.n_tokens = s.kv().n_tokens();
+    st.n_ctx = s.kv().n_ctx();
+    st.n_blocks = s.kv().n_blocks();
+    st.block_tokens = s.kv().layout().block_tokens;
+    st.kv_format_k = s.config().k_format;
+    st.kv_format_v = s.config().v_format;
+    st.kv_bytes = s.kv().bytes();
+    st.kv_bytes_per_token = s.kv_bytes_per_token();
+    std::memcpy(stats, &st, n);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_request_abort(kvrt_session* session) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    session->s->request_abort();
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,199 @@
+// Session: validation, KV reservation, batching and the Llama forward pass.
+#include "engine/session.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "util/error.hpp"
+
+namespace kvrt {
+
+static const char* format_name(uint32_t f) {
+  switch (f) {
+    case kvrt_k::KV_F32: return "f32";
+    case kvrt_k::KV_F16: return "f16";
+    case kvrt_k::KV_BF16: return "bf16";
+    case kvrt_k::KV_Q8: return "q8";
+    case kvrt_k::KV_Q4: return "q4";
+    default: return "unknown";
+  }
+}
+
+static void check_format(uint32_t f, const char* which) {
+  if (f >= KVRT_KV_FORMAT_COUNT)
+    fail(KVRT_ERR_INVALID_ARGUMENT, "kv_format_%s = %u is not a kvrt_kv_format (0..%d)", which, f,
+         KVRT_KV_FORMAT_COUNT - 1);
+  if (f != kvrt_k::KV_F32 && f != kvrt_k::KV_F16)
+    fail(KVRT_ERR_UNSUPPORTED, "KV format %s for %s is not supported by this build (supported: f32, f16)",
+         format_name(f), which);
+}
+
+uint64_t kv_bytes_per_token(const HParams& hp, uint32_t k_format, uint32_t v_format) {
+  size_t ek = kvrt_k::kv_elem_bytes(k_format), ev = kvrt_k::kv_elem_bytes(v_format);
+  if (ek == 0 || ev == 0 || k_format == kvrt_k::KV_BF16 || v_format == kvrt_k::KV_BF16) return 0;
+  return static_cast<uint64_t>(hp.n_layer) * hp.n_head_kv * hp.head_dim * (ek + ev);
+}
+
+static MatRef ref(const WeightMatrix& w) { return {w.type, w.rows, w.cols, w.row_bytes, w.data}; }
+
+Session::Session(std::shared_ptr<const LoadedModel> model, const SessionConfig& cfg)
+    : model_(std::move(model)), rt_(*model_->runtime), cfg_(cfg),
+      sampler_(model_->model->hparams().n_vocab) {
+  const HParams& hp = model_->model->hparams();
+  check_format(cfg_.k_format, "keys");
+  check_format(cfg_.v_format, "values");
+  if (cfg_.n_ctx == 0) cfg_.n_ctx = hp.n_ctx_train;
+  if (cfg_.n_ctx > hp.n_ctx_train)
+    fail(KVRT_ERR_INVALID_ARGUMENT, "n_ctx = %u exceeds the model's context length %u", cfg_.n_ctx,
+         hp.n_ctx_train);
+  if (cfg_.max_batch == 0) cfg_.max_batch = 64;
+  if (cfg_.max_batch > 4096)
+    fail(KVRT_ERR_INVALID_ARGUMENT, "max_batch = %u exceeds 4096", cfg_.max_batch);
+  cfg_.max_batch = std::min(cfg_.max_batch, cfg_.n_ctx);
+
+  kvrt_k::KvLayout layout;
+  kvrt_k::kv_layout_init(&layout, hp.n_layer, hp.n_head_kv, hp.head_dim,
+                         rt_.config().block_tokens, cfg_.k_format, cfg_.v_format);
+  kv_ = std::make_unique<KvCache>(rt_.pool_for(layout.block_bytes), layout, cfg_.n_ctx);
+
+  const size_t mb = cfg_.max_batch, d = hp.n_embd, kvd = size_t(hp.n_head_kv) * hp.head_dim,
+               ff = hp.n_ff;
+  x_.resize(mb * d);
+  xn_.resize(mb * d);
+  q_.resize(mb * d);
+  k_.resize(mb * kvd);
+  v_.resize(mb * kvd);
+  att_.resize(mb * d);
+  tmp_.resize(mb * d);
+  gate_.resize(mb * ff);
+  up_.resize(mb * ff);
+  const unsigned nt = rt_.threads().size();
+  scratch_.row_floats = std::max(d, ff);
+  rows_.resize(nt * scratch_.row_floats);
+  scratch_.rows = rows_.data();
+  scratch_.part_capacity = CpuBackend::attention_partials_needed(nt, hp.n_head, cfg_.n_ctx);
+  parts_.resize(scratch_.part_capacity);
+  part_acc_.resize((scratch_.part_capacity + CpuBackend::kMaxSplit) * hp.head_dim);
+  scratch_.parts = parts_.data();
+  scratch_.part_acc = part_acc_.data();
+  tokens_.reserve(cfg_.n_ctx);
+}
+
+Session::~Session() = default;
+
+uint64_t Session::kv_bytes_per_token() const {
+  return kvrt::kv_bytes_per_token(model().hparams(), cfg_.k_format, cfg_.v_format);
+}
+
+void Session::decode(const int32_t* tokens, size_t n, float* logits) {
+  const HParams& hp = model().hparams();
+  if (!tokens) fail(KVRT_ERR_INVALID_ARGUMENT, "tokens is NULL");
+  if (n == 0) fail(KVRT_ERR_INVALID_ARGUMENT, "n_tokens is 0: a decode step needs at least one token");
+  for (size_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || static_cast<uint32_t>(tokens[i]) >= hp.n_vocab)
+      fail(KVRT_ERR_OUT_OF_RANGE, "tokens[%zu] = %d is outside the vocabulary [0, %u)", i, tokens[i],
+           hp.n_vocab);
+  }
+  const uint32_t n0 = kv_->n_tokens();
+  if (n > cfg_.n_ctx - n0)
+    fail(KVRT_ERR_CONTEXT_FULL, "%zu more tokens do not fit: the session holds %u of %u", n, n0,
+         cfg_.n_ctx);
+  abort_.store(false, std::memory_order_relaxed);
+  kv_->reserve(static_cast<uint32_t>(n));  // all blocks up front; throws with nothing changed
+  try {
+    for (size_t done = 0; done < n;) {
+      const uint32_t chunk = static_cast<uint32_t>(std::min<size_t>(cfg_.max_batch, n - done));
+      const bool last = done + chunk == n;
+      forward(tokens + done, chunk, n0 + static_cast<uint32_t>(done), last ? logits : nullptr);
+      done += chunk;
+    }
+  } catch (...) {
+    kv_->truncate(n0);
+    throw;
+  }
+  kv_->commit(static_cast<uint32_t>(n));
+  tokens_.insert(tokens_.end(), tokens, tokens + n);
+}
+
+void Session::rewind(size_t n_tokens) {
+  if (n_tokens > kv_->n_tokens())
+    fail(KVRT_ERR_OUT_OF_RANGE, "cannot rewind to %zu tokens: the session holds %u", n_tokens,
+         kv_->n_tokens());
+  kv_->truncate(static_cast<uint32_t>(n_tokens));
+  tokens_.resize(n_tokens);
+}
+
+void Session::forward(const int32_t* tok, uint32_t n, uint32_t pos0, float* logits) {
+  const Model& m = model();
+  const HParams& hp = m.hparams();
+  const CpuBackend& be = rt_.backend();
+  const kvrt_k::KvLayout& lay = kv_->layout();
+  const size_t d = hp.n_embd, hd = hp.head_dim, n_kv = hp.n_head_kv, kvd = n_kv * hd,
+               ff = hp.n_ff;
+  const size_t ek = kvrt_k::kv_elem_bytes(lay.k_format), ev = kvrt_k::kv_elem_bytes(lay.v_format);
+  const uint32_t bt = lay.block_tokens;
+  float *x = x_.data(), *xn = xn_.data(), *q = q_.data(), *k = k_.data(), *v = v_.data(),
+        *att = att_.data(), *tmp = tmp_.data(), *g = gate_.data(), *u = up_.data();
+
+  for (uint32_t i = 0; i < n; ++i)
+    kvrt_k::dequantize_row(m.tok_embd.type, m.tok_embd.data, d, static_cast<size_t>(tok[i]),
+                           x + i * d);
+
+  for (uint32_t l = 0; l < hp.n_layer; ++l) {
+    if (abort_.load(std::memory_order_relaxed))
+      fail(KVRT_ERR_ABORTED, "decode stopped by kvrt_session_request_abort at layer %u", l);
+    const LayerWeights& L = m.layers[l];
+    for (uint32_t i = 0; i < n; ++i) kvrt_k::rmsnorm(x + i * d, L.attn_norm, xn + i * d, d, hp.norm_eps);
+    {
+      const MatRef w[3] = {ref(L.wq), ref(L.wk), ref(L.wv)};
+      float* const y[3] = {q, k, v};
+      const size_t ld[3] = {d, kvd, kvd};
+      be.matmul_multi(w, y, ld, 3, xn, n, scratch_);
+    }
+    for (uint32_t i = 0; i < n; ++i) {
+      const int32_t pos = static_cast<int32_t>(pos0 + i);
+      kvrt_k::rope(q + i * d, hp.n_head, hd, hp.rope_dim, pos, hp.rope_freq_base, hp.rope_freq_scale);
+      kvrt_k::rope(k + i * kvd, n_kv, hd, hp.rope_dim, pos, hp.rope_freq_base, hp.rope_freq_scale);
+      uint8_t* block = kv_->block_ptr((pos0 + i) / bt);
+      const size_t off = (pos0 + i) % bt;
+      for (uint32_t h = 0; h < n_kv; ++h) {
+        kvrt_k::kv_store(lay.k_format, block + kvrt_k::kv_k_offset(lay, l, h) + off * hd * ek,
+                         k + i * kvd + h * hd, hd);
+        kvrt_k::kv_store(lay.v_format, block + kvrt_k::kv_v_offset(lay, l, h) + off * hd * ev,
+                         v + i * kvd + h * hd, hd);
+      }
+    }
+    kvrt_k::AttnArgs a{};
+    a.layout = &lay;
+    a.blocks = kv_->block_ptrs();
+    a.layer = l;
+    a.q = q;
+    a.out = att;
+    a.q_stride = d;
+    a.n_q = n;
+    a.n_head = hp.n_head;
+    a.pos0 = static_cast<int32_t>(pos0);
+    a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    be.attention(a, scratch_);
+    be.matmul(ref(L.wo), att, n, tmp, d, scratch_);
+    for (size_t i = 0; i < n * d; ++i) x[i] += tmp[i];
+
+    for (uint32_t i = 0; i < n; ++i) kvrt_k::rmsnorm(x + i * d, L.ffn_norm, xn + i * d, d, hp.norm_eps);
+    {
+      const MatRef w[2] = {ref(L.w_gate), ref(L.w_up)};
+      float* const y[2] = {g, u};
+      const size_t ld[2] = {ff, ff};
+      be.matmul_multi(w, y, ld, 2, xn, n, scratch_);
+    }
+    for (uint32_t i = 0; i < n; ++i) kvrt_k::swiglu(g + i * ff, u + i * ff, ff);
+    be.matmul(ref(L.w_down), g, n, tmp, d, scratch_);
+    for (size_t i = 0; i < n * d; ++i) x[i] += tmp[i];
+  }
+
+  if (logits) {
+    kvrt_k::rmsnorm(x + (n - 1) * d, m.output_norm, xn, d, hp.norm_eps);
+    be.matmul(ref(m.output), xn, 1, logits, hp.n_vocab, scratch_);
+  }
+}
+
+}  // namespace kvrt

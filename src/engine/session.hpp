@@ -1,0 +1,65 @@
+// A session: one conversation's KV cache, tokens, sampler and work buffers,
+// and the forward pass that feeds it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/runtime.hpp"
+#include "engine/sampler.hpp"
+#include "kv/kv-cache.hpp"
+
+namespace kvrt {
+
+struct SessionConfig {
+  uint32_t k_format = kvrt_k::KV_F16;
+  uint32_t v_format = kvrt_k::KV_F16;
+  uint32_t n_ctx = 0;       // 0: the model's context length
+  uint32_t max_batch = 64;  // tokens per forward pass of a prefill
+};
+
+class Session {
+ public:
+  // Throws Error: KVRT_ERR_INVALID_ARGUMENT (bad values), KVRT_ERR_UNSUPPORTED
+  // (formats this build cannot store), KVRT_ERR_OUT_OF_MEMORY.
+  Session(std::shared_ptr<const LoadedModel> model, const SessionConfig& cfg);
+  ~Session();
+
+  // Appends tokens and writes the last one's logits when `logits` is set.
+  // On any error the session is unchanged.
+  void decode(const int32_t* tokens, size_t n, float* logits);
+  void rewind(size_t n_tokens);
+  void request_abort() { abort_.store(true, std::memory_order_relaxed); }
+
+  const Model& model() const { return *model_->model; }
+  const std::shared_ptr<const LoadedModel>& loaded_model() const { return model_; }
+  const KvCache& kv() const { return *kv_; }
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  const SessionConfig& config() const { return cfg_; }
+  Sampler& sampler() { return sampler_; }
+  uint64_t kv_bytes_per_token() const;
+
+ private:
+  void forward(const int32_t* tokens, uint32_t n, uint32_t pos0, float* logits);
+
+  std::shared_ptr<const LoadedModel> model_;
+  Runtime& rt_;
+  SessionConfig cfg_;
+  std::unique_ptr<KvCache> kv_;
+  Sampler sampler_;
+  std::vector<int32_t> tokens_;
+  std::atomic<bool> abort_{false};
+
+  // Work buffers, sized for max_batch tokens at creation.
+  std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_;
+  std::vector<float> rows_, part_acc_;
+  std::vector<kvrt_k::AttnPartial> parts_;
+  BackendScratch scratch_;
+};
+
+// Bytes one token takes in the cache for these formats; 0 when unsupported.
+uint64_t kv_bytes_per_token(const HParams& hp, uint32_t k_format, uint32_t v_format);
+
+}  // namespace kvrt
