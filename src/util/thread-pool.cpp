@@ -31,10 +31,17 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::work(unsigned thread) {
+  uint64_t c = claim_.load(std::memory_order_acquire);
   for (;;) {
-    unsigned t = next_task_.fetch_add(1, std::memory_order_relaxed);
-    if (t >= n_tasks_) break;
-    fn_(ctx_, t, thread);
+    const uint32_t n = static_cast<uint32_t>(c >> 32), next = static_cast<uint32_t>(c);
+    if (next >= n) return;
+    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel,
+                                      std::memory_order_acquire))
+      continue;
+    // The claim keeps the region open (pending_ > 0), so fn_ and ctx_ hold.
+    fn_(ctx_, next, thread);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    c = claim_.load(std::memory_order_acquire);
   }
 }
 
@@ -53,7 +60,6 @@ void ThreadPool::worker(unsigned index) {
     seen = g;
     if (stop_.load(std::memory_order_acquire)) return;
     work(index);
-    finished_.fetch_add(1, std::memory_order_acq_rel);
   }
 }
 
@@ -66,14 +72,17 @@ void ThreadPool::run_impl(unsigned n_tasks, TaskFn fn, void* ctx) {
   std::lock_guard<std::mutex> lock(region_mutex_);
   fn_ = fn;
   ctx_ = ctx;
-  n_tasks_ = n_tasks;
-  next_task_.store(0, std::memory_order_relaxed);
-  finished_.store(0, std::memory_order_relaxed);
+  pending_.store(n_tasks, std::memory_order_relaxed);
+  claim_.store(static_cast<uint64_t>(n_tasks) << 32, std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
   work(0);
-  const unsigned workers = n_threads_ - 1;
-  while (finished_.load(std::memory_order_acquire) != workers) KVRT_PAUSE();
+  // Only tasks a worker has claimed remain; wait for them, yielding if the
+  // worker has been preempted.
+  for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
+    if (i < kSpinIterations) KVRT_PAUSE();
+    else std::this_thread::yield();
+  }
 }
 
 }  // namespace kvrt

@@ -40,13 +40,16 @@ class ThreadPool {
   unsigned n_threads_;
   std::vector<std::thread> threads_;
   std::mutex region_mutex_;  // one region at a time
-  // The current region.
+  // The current region. Tasks are claimed by compare-and-swap on `claim_`
+  // (task count in the high half, next task in the low half), so a claim
+  // succeeds only while the region it belongs to is open, and the caller
+  // waits for claimed tasks only (`pending_`), never for a worker that the
+  // OS has not scheduled yet.
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
-  unsigned n_tasks_ = 0;
-  alignas(64) std::atomic<uint32_t> generation_{0};
-  alignas(64) std::atomic<unsigned> next_task_{0};
-  alignas(64) std::atomic<unsigned> finished_{0};
+  alignas(64) std::atomic<uint64_t> claim_{0};
+  alignas(64) std::atomic<unsigned> pending_{0};
+  alignas(64) std::atomic<uint32_t> generation_{0};  // bumped to wake workers
   std::atomic<bool> stop_{false};
 };
 

@@ -1,0 +1,415 @@
+// `kvrt bench`: measures prefill and decode speed per KV format, thread count
+// and context depth, and optionally the memory-bandwidth roofline of decode.
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include "cli-common.hpp"
+
+namespace kvrt_tools {
+namespace {
+
+void print_help() {
+  std::printf(
+      "usage: kvrt bench [-m MODEL] [-t T,T,...] [--depth D,D,...] [-n N] [--kv F,F,...]\n"
+      "                  [-r R] [--json] [--bandwidth]\n"
+      "\n"
+      "For each KV format, thread count and depth (in that nesting order):\n"
+      "  prefill  a prompt of max(depth, --prefill) random token ids (fixed seed;\n"
+      "           capped to the model's context) in one call; prefill tok/s is\n"
+      "           measured on it;\n"
+      "  decode   the session is rewound to `depth` tokens (depth 0: an empty\n"
+      "           context), then N tokens are decoded one call each, logits\n"
+      "           requested and the next id chosen greedily, as a generation loop\n"
+      "           does; decode tok/s = N / elapsed time.\n"
+      "Each configuration runs R times in a fresh session; the MEDIAN is reported.\n"
+      "Each (format, threads) pair gets its own runtime, with a KV budget just\n"
+      "large enough for the largest depth.\n"
+      "\n"
+      "options:\n"
+      "  -m, --model PATH        GGUF model (default: $KVRT_MODEL, else\n"
+      "                          ../shared/models/stories260K.gguf)\n"
+      "  -t, --threads T,...     worker threads; 0 is one per core (default 0)\n"
+      "      --depth D,...       tokens already in the context (default 0,512)\n"
+      "  -n, --n-decode N        tokens decoded per measurement (default 32)\n"
+      "      --prefill N         shortest prompt the prefill is timed on (default 512)\n"
+      "      --kv F,...          KV formats: f32, f16, bf16, q8, q4 or K/V (default f16)\n"
+      "  -r, --repeats R         runs per configuration; the median is kept (default 3)\n"
+      "      --json              one JSON object per line per configuration\n"
+      "      --bandwidth         measure memory read bandwidth and add the roofline:\n"
+      "                          roofline tok/s = bandwidth / (weight bytes + depth x\n"
+      "                          KV bytes per token), and the fraction of it achieved\n"
+      "      --bandwidth-size S  buffer read by the bandwidth test (default 1G)\n"
+      "  -h, --help              this text\n");
+}
+
+struct BenchOptions {
+  std::string model;
+  std::vector<uint32_t> threads{0};
+  std::vector<uint32_t> depths{0, 512};
+  uint32_t n_decode = 32;
+  uint32_t prefill_min = 512;
+  std::vector<std::pair<uint32_t, uint32_t>> kv{{KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16}};
+  uint32_t repeats = 3;
+  bool json = false;
+  bool bandwidth = false;
+  uint64_t bandwidth_bytes = 1ull << 30;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// ---------------------------------------------------------------------------
+// Memory read bandwidth
+
+// Several independent accumulators so the loads, not an add chain, limit the
+// loop; the AVX2 version reads 128 bytes per iteration.
+uint64_t sum_scalar(const uint64_t* p, size_t n) {
+  uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];
+    a4 += p[i + 4]; a5 += p[i + 5]; a6 += p[i + 6]; a7 += p[i + 7];
+  }
+  for (; i < n; ++i) a0 += p[i];
+  return a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2"))) uint64_t sum_avx2(const uint64_t* p, size_t n) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_add_epi64(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
+    a1 = _mm256_add_epi64(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
+    a2 = _mm256_add_epi64(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
+    a3 = _mm256_add_epi64(a3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
+  }
+  __m256i s = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+  uint64_t lanes[4];
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes), s);
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3] + sum_scalar(p + i, n - i);
+}
+#endif
+
+uint64_t sum_words(const uint64_t* p, size_t n) {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  if (has_avx2) return sum_avx2(p, n);
+#endif
+  return sum_scalar(p, n);
+}
+
+// Runs fn(thread_index, begin, end) over [0, n) split across `threads` threads.
+template <typename Fn>
+void parallel_ranges(size_t n, unsigned threads, Fn fn) {
+  std::vector<std::thread> pool;
+  const size_t chunk = (n + threads - 1) / threads;
+  for (unsigned t = 0; t < threads; ++t) {
+    const size_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
+    pool.emplace_back([=] { fn(t, b, e); });
+  }
+  for (auto& th : pool) th.join();
+}
+
+class BandwidthMeter {
+ public:
+  explicit BandwidthMeter(uint64_t bytes) : n_words_(bytes / 8), buf_(new uint64_t[bytes / 8]) {
+    // Written (not just allocated) so every page is backed by real memory.
+    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+    parallel_ranges(n_words_, hw, [this](unsigned, size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) buf_[i] = i * 0x9e3779b97f4a7c15ull;
+    });
+  }
+  // Median of 5 full passes, in bytes per second.
+  double measure(unsigned threads) {
+    std::vector<double> rates;
+    std::vector<uint64_t> sums(threads);
+    for (int pass = 0; pass < 5; ++pass) {
+      const double t0 = now_seconds();
+      parallel_ranges(n_words_, threads, [&](unsigned t, size_t b, size_t e) {
+        sums[t] = sum_words(buf_.get() + b, e - b);
+      });
+      const double dt = now_seconds() - t0;
+      uint64_t total = 0;
+      for (uint64_t s : sums) total += s;
+      sink_ ^= total;  // keeps the sums observable
+      rates.push_back(static_cast<double>(n_words_ * 8) / dt);
+    }
+    return median(rates);
+  }
+  uint64_t sink() const { return sink_; }
+
+ private:
+  size_t n_words_;
+  std::unique_ptr<uint64_t[]> buf_;
+  uint64_t sink_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+struct Result {
+  double prefill_tok_s;
+  double decode_tok_s;
+};
+
+// One measurement in a fresh session: prefill `prompt`, rewind to `depth`,
+// decode n tokens greedily.
+Result run_once(kvrt_model* model, const kvrt_model_info& info, uint32_t format_k,
+                uint32_t format_v, uint32_t n_ctx, const std::vector<int32_t>& prompt,
+                uint32_t depth, uint32_t n_decode, int32_t first_token) {
+  kvrt_session_params sp;
+  kvrt_session_default_params(&sp);
+  sp.kv_format_k = format_k;
+  sp.kv_format_v = format_v;
+  sp.n_ctx = n_ctx;
+  kvrt_session* raw = nullptr;
+  check(kvrt_session_create(model, &sp, &raw),
+        "creating a session with KV format " + kv_pair_name(format_k, format_v));
+  SessionPtr session(raw);
+  kvrt_sampler_params greedy;
+  kvrt_sampler_default_params(&greedy);
+  greedy.temperature = 0;
+  check(kvrt_session_set_sampler(session.get(), &greedy), "setting the sampler");
+
+  std::vector<float> logits(info.n_vocab);
+  const double t0 = now_seconds();
+  check(kvrt_decode_step(session.get(), prompt.data(), prompt.size(), logits.data(), logits.size()),
+        "prefilling " + std::to_string(prompt.size()) + " tokens");
+  const double prefill_s = now_seconds() - t0;
+  check(kvrt_session_rewind(session.get(), depth), "rewinding to depth " + std::to_string(depth));
+
+  int32_t token = first_token;
+  const double t1 = now_seconds();
+  for (uint32_t i = 0; i < n_decode; ++i) {
+    check(kvrt_decode_step(session.get(), &token, 1, logits.data(), logits.size()),
+          "decoding at position " + std::to_string(depth + i));
+    check(kvrt_session_sample(session.get(), logits.data(), logits.size(), &token), "sampling");
+  }
+  const double decode_s = now_seconds() - t1;
+  return {prompt.size() / prefill_s, n_decode / decode_s};
+}
+
+}  // namespace
+
+int cmd_bench(int argc, char** argv) {
+  BenchOptions o;
+  ArgReader a(argc, argv, 2);
+  auto u32_list = [](const std::string& opt, const std::string& text) {
+    std::vector<uint32_t> v;
+    for (const std::string& s : split_list(text)) v.push_back(parse_u32(opt, s));
+    return v;
+  };
+  while (a.next()) {
+    const std::string opt = a.current();
+    if (a.is("-h", "--help")) {
+      print_help();
+      return kExitOk;
+    } else if (a.is("-m", "--model")) {
+      o.model = a.value();
+    } else if (a.is("-t", "--threads")) {
+      o.threads = u32_list(opt, a.value());
+    } else if (a.is("--depth")) {
+      o.depths = u32_list(opt, a.value());
+    } else if (a.is("-n", "--n-decode")) {
+      o.n_decode = parse_u32(opt, a.value());
+      if (o.n_decode == 0) usage_error("-n must be above 0");
+    } else if (a.is("--prefill")) {
+      o.prefill_min = parse_u32(opt, a.value());
+      if (o.prefill_min == 0) usage_error("--prefill must be above 0");
+    } else if (a.is("--kv")) {
+      o.kv.clear();
+      for (const std::string& s : split_list(a.value())) {
+        uint32_t k = 0, v = 0;
+        parse_kv_pair(opt, s, &k, &v);
+        o.kv.emplace_back(k, v);
+      }
+    } else if (a.is("-r", "--repeats")) {
+      o.repeats = parse_u32(opt, a.value());
+      if (o.repeats == 0) usage_error("-r must be above 0");
+    } else if (a.is("--json")) {
+      o.json = true;
+    } else if (a.is("--bandwidth")) {
+      o.bandwidth = true;
+    } else if (a.is("--bandwidth-size")) {
+      o.bandwidth_bytes = parse_size(opt, a.value());
+      if (o.bandwidth_bytes < (1u << 20)) usage_error("--bandwidth-size must be at least 1M");
+    } else {
+      a.unknown();
+    }
+  }
+
+  const std::string path = resolve_model_path(o.model);
+
+  // A first load tells the shapes, which size the budgets and the prompt.
+  // KV bytes per token of each format pair; 0 with the library's message when
+  // the pair is refused, so the other pairs still run.
+  kvrt_model_info info;
+  std::vector<uint64_t> kv_bpt(o.kv.size(), 0);
+  std::vector<std::string> kv_error(o.kv.size());
+  {
+    RuntimePtr probe_rt = make_runtime(1, 0);
+    ModelPtr probe = load_model(probe_rt.get(), path);
+    info = model_info(probe.get());
+    for (size_t i = 0; i < o.kv.size(); ++i) {
+      kvrt_status st = kvrt_model_kv_bytes_per_token(probe.get(), o.kv[i].first, o.kv[i].second, &kv_bpt[i]);
+      if (st != KVRT_OK) {
+        kv_bpt[i] = 0;
+        kv_error[i] = std::string(kvrt_status_string(st)) + ": " + kvrt_last_error();
+      }
+    }
+  }
+  const uint32_t max_depth = *std::max_element(o.depths.begin(), o.depths.end());
+  if (static_cast<uint64_t>(max_depth) + o.n_decode > info.n_ctx_train)
+    throw CliError(kExitFailure, "depth " + std::to_string(max_depth) + " + " +
+                                     std::to_string(o.n_decode) + " decoded tokens exceeds the model's context of " +
+                                     std::to_string(info.n_ctx_train) + " tokens");
+
+  // Fixed-seed random prompt, avoiding the control tokens.
+  const uint32_t prompt_max = std::min(std::max(max_depth, o.prefill_min), info.n_ctx_train);
+  std::vector<int32_t> prompt_all(prompt_max);
+  uint64_t s = 0x243f6a8885a308d3ull;
+  auto next_id = [&]() {
+    while (true) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      const int32_t id = static_cast<int32_t>((s >> 33) % info.n_vocab);
+      if (id != info.bos_token && id != info.eos_token) return id;
+    }
+  };
+  for (int32_t& t : prompt_all) t = next_id();
+  const int32_t first_token = next_id();
+
+  // Bandwidth, measured before any runtime exists so nothing else competes.
+  std::map<unsigned, double> bandwidth;  // threads → bytes/s
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  if (o.bandwidth) {
+    BandwidthMeter meter(o.bandwidth_bytes);
+    std::vector<unsigned> counts{1, hw};
+    for (uint32_t t : o.threads) counts.push_back(t == 0 ? hw : t);
+    for (unsigned t : counts)
+      if (!bandwidth.count(t)) bandwidth[t] = meter.measure(t);
+    std::string line = "memory read bandwidth (" + format_bytes(o.bandwidth_bytes) + " buffer, median of 5):";
+    for (auto& [t, bw] : bandwidth) {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, " %u thread%s %.2f GB/s;", t, t == 1 ? "" : "s", bw / 1e9);
+      line += buf;
+    }
+    line.pop_back();
+    if (o.json) std::fprintf(stderr, "%s\n", line.c_str());
+    else std::printf("%s\n\n", line.c_str());
+  }
+
+  if (!o.json) {
+    std::printf("model: %s (%s, %" PRIu64 " weight bytes)\n", path.c_str(), info.name, info.weight_bytes);
+    std::printf("decode of %u tokens, %u run%s per row (median); prefill on max(depth, %u) tokens\n\n",
+                o.n_decode, o.repeats, o.repeats == 1 ? "" : "s", o.prefill_min);
+    std::printf("| kv | threads | depth | prefill tok/s | decode tok/s | ms/token |%s\n",
+                o.bandwidth ? " roofline tok/s | roofline frac |" : "");
+    std::printf("|---|---:|---:|---:|---:|---:|%s\n", o.bandwidth ? "---:|---:|" : "");
+    std::fflush(stdout);
+  }
+
+  int failures = 0;
+  for (size_t ki = 0; ki < o.kv.size(); ++ki) {
+    const auto [fk, fv] = o.kv[ki];
+    const uint64_t bpt = kv_bpt[ki];
+    for (uint32_t threads : o.threads) {
+      const std::string kv_name = kv_pair_name(fk, fv);
+      try {
+        if (bpt == 0) throw CliError(kExitFailure, kv_error[ki]);
+        // The budget holds the largest session in whole blocks, plus a margin
+        // for blocks the pool may hand out around the edges.
+        kvrt_runtime_params rp;
+        kvrt_runtime_default_params(&rp);
+        const uint64_t max_tokens = std::max<uint64_t>(prompt_max, max_depth + o.n_decode);
+        const uint64_t blocks = (max_tokens + rp.block_tokens - 1) / rp.block_tokens + 2;
+        const uint64_t budget = blocks * rp.block_tokens * bpt + (16ull << 20);
+
+        RuntimePtr runtime = make_runtime(threads, budget);
+        ModelPtr model = load_model(runtime.get(), path);
+        kvrt_runtime_stats rs{};
+        rs.struct_size = sizeof rs;
+        check(kvrt_runtime_get_stats(runtime.get(), &rs));
+        const unsigned used_threads = rs.n_threads;
+
+        for (uint32_t depth : o.depths) {
+          const uint32_t n_prompt = std::min(std::max(depth, o.prefill_min), info.n_ctx_train);
+          const std::vector<int32_t> prompt(prompt_all.begin(), prompt_all.begin() + n_prompt);
+          const uint32_t n_ctx = std::max<uint32_t>(n_prompt, depth + o.n_decode);
+          std::vector<double> pre, dec;
+          for (uint32_t r = 0; r < o.repeats; ++r) {
+            Result res = run_once(model.get(), info, fk, fv, n_ctx, prompt, depth, o.n_decode, first_token);
+            pre.push_back(res.prefill_tok_s);
+            dec.push_back(res.decode_tok_s);
+          }
+          const double prefill_tok_s = median(pre), decode_tok_s = median(dec);
+          double bw = 0, roof = 0, frac = 0;
+          if (o.bandwidth) {
+            auto it = bandwidth.find(used_threads);
+            bw = it != bandwidth.end() ? it->second : bandwidth[hw];
+            roof = bw / (static_cast<double>(info.weight_bytes) + static_cast<double>(depth) * bpt);
+            frac = decode_tok_s / roof;
+          }
+          if (o.json) {
+            std::printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"kv_bytes_per_token\":%" PRIu64
+                        ",\"kv\":\"%s\",\"threads\":%u,\"depth\":%u,\"n_decode\":%u,\"prefill_tokens\":%u,"
+                        "\"repeats\":%u,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"ms_per_token\":%.4f",
+                        json_escape(path).c_str(), info.weight_bytes, bpt, kv_name.c_str(), used_threads,
+                        depth, o.n_decode, n_prompt, o.repeats, prefill_tok_s, decode_tok_s,
+                        1e3 / decode_tok_s);
+            if (o.bandwidth)
+              std::printf(",\"bandwidth_bytes_s\":%.0f,\"roofline_tok_s\":%.3f,\"roofline_frac\":%.4f", bw,
+                          roof, frac);
+            std::printf("}\n");
+          } else {
+            std::printf("| %s | %u | %u | %.1f | %.1f | %.3f |", kv_name.c_str(), used_threads, depth,
+                        prefill_tok_s, decode_tok_s, 1e3 / decode_tok_s);
+            if (o.bandwidth) std::printf(" %.1f | %.3f |", roof, frac);
+            std::printf("\n");
+          }
+          std::fflush(stdout);
+        }
+      } catch (const CliError& e) {
+        if (e.exit_code != kExitFailure) throw;
+        ++failures;
+        std::fprintf(stderr, "kvrt: kv %s, threads %u: %s\n", kv_name.c_str(), threads, e.what());
+      }
+    }
+  }
+  if (!o.json && o.bandwidth)
+    std::printf("\nroofline tok/s = read bandwidth / (weight bytes + depth x KV bytes per token):\n"
+                "the decode speed if every step only streamed the weights and the cache once.\n");
+  return failures == 0 ? kExitOk : kExitFailure;
+}
+
+}  // namespace kvrt_tools

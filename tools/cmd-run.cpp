@@ -1,0 +1,191 @@
+// `kvrt run`: tokenizes a prompt, prefills it, then samples and streams the
+// generated text to stdout; timings and KV use go to stderr.
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli-common.hpp"
+
+namespace kvrt_tools {
+namespace {
+
+void print_help() {
+  std::printf(
+      "usage: kvrt run [-m MODEL] [-p PROMPT] [-n N] [options]\n"
+      "\n"
+      "Generates N tokens after PROMPT and streams them to stdout (only the\n"
+      "generated text; the prompt is not echoed). Stops early at end-of-sequence.\n"
+      "Timings and KV cache use are printed on stderr at the end.\n"
+      "\n"
+      "options:\n"
+      "  -m, --model PATH    GGUF model (default: $KVRT_MODEL, else\n"
+      "                      ../shared/models/stories260K.gguf)\n"
+      "  -p, --prompt TEXT   prompt; a beginning-of-sequence token is put first (default \"\")\n"
+      "  -n, --n-predict N   tokens to generate (default 64)\n"
+      "      --temp T        temperature; 0 is greedy (default 0.8)\n"
+      "      --top-k K       keep the K most likely tokens; 0 keeps all (default 40)\n"
+      "      --top-p P       keep the smallest set reaching probability P, in (0,1] (default 0.95)\n"
+      "      --seed S        sampler seed (default 0, so runs repeat exactly)\n"
+      "      --kv FORMAT     KV cache format: f32, f16, bf16, q8, q4, or K/V such as\n"
+      "                      q8/q4 (default f16; formats this build lacks are refused)\n"
+      "  -t, --threads N     worker threads; 0 is one per core (default 0)\n"
+      "      --ctx N         most tokens the session holds (default: the model's context)\n"
+      "      --budget SIZE   KV cache budget, such as 512M or 2G (default 1G)\n"
+      "  -h, --help          this text\n");
+}
+
+struct RunOptions {
+  std::string model;
+  std::string prompt;
+  uint32_t n_predict = 64;
+  kvrt_sampler_params sampler{};
+  uint32_t format_k = KVRT_KV_FORMAT_F16;
+  uint32_t format_v = KVRT_KV_FORMAT_F16;
+  uint32_t n_threads = 0;
+  uint32_t n_ctx = 0;
+  uint64_t budget_bytes = 0;
+};
+
+std::string token_piece(const kvrt_model* model, int32_t token) {
+  std::string piece(64, '\0');
+  size_t len = 0;
+  kvrt_status st = kvrt_token_to_piece(model, token, piece.data(), piece.size(), &len);
+  if (st == KVRT_ERR_BUFFER_TOO_SMALL) {
+    piece.resize(len);
+    st = kvrt_token_to_piece(model, token, piece.data(), piece.size(), &len);
+  }
+  check(st, "converting token " + std::to_string(token) + " to text");
+  piece.resize(len);
+  return piece;
+}
+
+}  // namespace
+
+int cmd_run(int argc, char** argv) {
+  RunOptions o;
+  kvrt_sampler_default_params(&o.sampler);
+  o.sampler.seed = 0;
+
+  ArgReader a(argc, argv, 2);
+  while (a.next()) {
+    const std::string opt = a.current();
+    if (a.is("-h", "--help")) {
+      print_help();
+      return kExitOk;
+    } else if (a.is("-m", "--model")) {
+      o.model = a.value();
+    } else if (a.is("-p", "--prompt")) {
+      o.prompt = a.value();
+    } else if (a.is("-n", "--n-predict")) {
+      o.n_predict = parse_u32(opt, a.value());
+    } else if (a.is("--temp")) {
+      o.sampler.temperature = parse_float(opt, a.value());
+      if (o.sampler.temperature < 0) usage_error("--temp must be >= 0");
+    } else if (a.is("--top-k")) {
+      o.sampler.top_k = parse_u32(opt, a.value());
+    } else if (a.is("--top-p")) {
+      o.sampler.top_p = parse_float(opt, a.value());
+      if (!(o.sampler.top_p > 0 && o.sampler.top_p <= 1)) usage_error("--top-p must be in (0, 1]");
+    } else if (a.is("--seed")) {
+      o.sampler.seed = parse_u64(opt, a.value());
+    } else if (a.is("--kv")) {
+      parse_kv_pair(opt, a.value(), &o.format_k, &o.format_v);
+    } else if (a.is("-t", "--threads")) {
+      o.n_threads = parse_u32(opt, a.value());
+    } else if (a.is("--ctx")) {
+      o.n_ctx = parse_u32(opt, a.value());
+    } else if (a.is("--budget")) {
+      o.budget_bytes = parse_size(opt, a.value());
+      if (o.budget_bytes == 0) usage_error("--budget must be above 0");
+    } else {
+      a.unknown();
+    }
+  }
+
+  const std::string path = resolve_model_path(o.model);
+  RuntimePtr runtime = make_runtime(o.n_threads, o.budget_bytes);
+  ModelPtr model = load_model(runtime.get(), path);
+  const kvrt_model_info info = model_info(model.get());
+
+  // Count, then tokenize the prompt with BOS first.
+  size_t n_prompt = 0;
+  check(kvrt_tokenize(model.get(), o.prompt.data(), o.prompt.size(), KVRT_TOKENIZE_ADD_BOS,
+                      nullptr, 0, &n_prompt),
+        "counting the prompt's tokens");
+  std::vector<int32_t> prompt(n_prompt);
+  check(kvrt_tokenize(model.get(), o.prompt.data(), o.prompt.size(), KVRT_TOKENIZE_ADD_BOS,
+                      prompt.data(), prompt.size(), &n_prompt),
+        "tokenizing the prompt");
+  prompt.resize(n_prompt);
+  if (prompt.empty()) throw CliError(kExitFailure, "the prompt produced no tokens");
+
+  kvrt_session_params sp;
+  kvrt_session_default_params(&sp);
+  sp.kv_format_k = o.format_k;
+  sp.kv_format_v = o.format_v;
+  sp.n_ctx = o.n_ctx;
+  kvrt_session* raw = nullptr;
+  check(kvrt_session_create(model.get(), &sp, &raw),
+        "creating a session with KV format " + kv_pair_name(o.format_k, o.format_v));
+  SessionPtr session(raw);
+  check(kvrt_session_set_sampler(session.get(), &o.sampler), "setting the sampler");
+
+  kvrt_session_stats stats{};
+  stats.struct_size = sizeof stats;
+  check(kvrt_session_get_stats(session.get(), &stats));
+  const uint32_t n_ctx = stats.n_ctx;
+
+  std::vector<float> logits(info.n_vocab);
+  const double t_prefill0 = now_seconds();
+  check(kvrt_decode_step(session.get(), prompt.data(), prompt.size(), logits.data(), logits.size()),
+        "prefilling " + std::to_string(prompt.size()) + " prompt tokens");
+  const double prefill_s = now_seconds() - t_prefill0;
+
+  uint32_t n_generated = 0;
+  uint32_t n_steps = 0;
+  double decode_s = 0;
+  const char* stop_reason = "token limit";
+  size_t n_in_cache = prompt.size();
+  while (n_generated < o.n_predict) {
+    int32_t token = 0;
+    check(kvrt_session_sample(session.get(), logits.data(), logits.size(), &token), "sampling");
+    if (token == info.eos_token) {
+      stop_reason = "end of sequence";
+      break;
+    }
+    const std::string piece = token_piece(model.get(), token);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+    ++n_generated;
+    if (n_generated == o.n_predict) break;  // the last token need not be fed back
+    if (n_in_cache >= n_ctx) {
+      stop_reason = "context full";
+      break;
+    }
+    const double t0 = now_seconds();
+    check(kvrt_decode_step(session.get(), &token, 1, logits.data(), logits.size()),
+          "decoding token " + std::to_string(n_in_cache));
+    decode_s += now_seconds() - t0;
+    ++n_steps;
+    ++n_in_cache;
+  }
+  if (isatty(STDOUT_FILENO)) std::fputc('\n', stdout);
+  std::fflush(stdout);
+
+  check(kvrt_session_get_stats(session.get(), &stats));
+  std::fprintf(stderr, "\nkvrt: prompt %zu tokens, prefill %.1f tokens/s (%.2f ms)\n",
+               prompt.size(), prefill_s > 0 ? prompt.size() / prefill_s : 0.0, prefill_s * 1e3);
+  std::fprintf(stderr, "kvrt: generated %u tokens (stopped: %s), decode %.1f tokens/s (%.3f ms/token over %u steps)\n",
+               n_generated, stop_reason, decode_s > 0 ? n_steps / decode_s : 0.0,
+               n_steps > 0 ? decode_s * 1e3 / n_steps : 0.0, n_steps);
+  std::fprintf(stderr, "kvrt: KV cache %s: %u tokens in %u blocks of %u, %llu bytes (%s; %llu bytes/token)\n",
+               kv_pair_name(stats.kv_format_k, stats.kv_format_v).c_str(), stats.n_tokens,
+               stats.n_blocks, stats.block_tokens, static_cast<unsigned long long>(stats.kv_bytes),
+               format_bytes(stats.kv_bytes).c_str(),
+               static_cast<unsigned long long>(stats.kv_bytes_per_token));
+  return kExitOk;
+}
+
+}  // namespace kvrt_tools

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Integration checks of the kvrt command-line tool, one case per CTest test.
+# usage: cli-test.sh CASE KVRT_BINARY MODEL WORK_DIR
+# MODEL is the stories260K test model (KVRT_MODEL in the environment wins).
+set -u
+
+case_name=$1
+kvrt=$2
+model=${KVRT_MODEL:-$3}
+work=$4
+here=$(cd "$(dirname "$0")" && pwd)
+
+rm -rf "$work"
+mkdir -p "$work"
+out=$work/stdout
+err=$work/stderr
+
+fail() {
+  echo "FAIL ($case_name): $*" >&2
+  echo "--- stdout:" >&2; cat "$out" >&2 2>/dev/null
+  echo "--- stderr:" >&2; cat "$err" >&2 2>/dev/null
+  exit 1
+}
+
+# Runs kvrt with the given arguments; sets rc.
+run() {
+  "$kvrt" "$@" >"$out" 2>"$err"
+  rc=$?
+}
+
+expect_rc() {
+  [ "$rc" -eq "$1" ] || fail "expected exit status $1, got $rc (kvrt $2)"
+}
+
+if [ "$case_name" != missing-model ] && [ "$case_name" != usage ] && [ ! -f "$model" ]; then
+  echo "FAIL ($case_name): test model '$model' not found; set KVRT_MODEL or KVRT_TEST_MODEL" >&2
+  exit 1
+fi
+
+case "$case_name" in
+  greedy)
+    # The known greedy continuation of the stories260K model.
+    run run -m "$model" -p "Once upon a time" -n 64 --temp 0
+    expect_rc 0 run
+    cmp -s "$out" "$here/greedy-stories260K.txt" || fail "greedy text differs from the expected continuation"
+    grep -q "prompt 5 tokens" "$err" || fail "stderr does not report the 5 prompt tokens (BOS + 4)"
+    grep -q "generated 64 tokens" "$err" || fail "stderr does not report 64 generated tokens"
+    ;;
+
+  missing-model)
+    run run -m "$work/no-such-model.gguf" -p "x" -n 4
+    expect_rc 1 "run -m missing"
+    grep -q "^kvrt: " "$err" || fail "no 'kvrt: ' error line"
+    grep -q "no-such-model.gguf" "$err" || fail "the error does not name the file"
+    [ ! -s "$out" ] || fail "stdout is not empty"
+    # No -m, no KVRT_MODEL, and no model beside the working directory or the
+    # executable: the message must say how to get one.
+    mkdir -p "$work/a/b/c"
+    cp "$kvrt" "$work/a/b/c/kvrt"
+    (cd "$work/a" && env -u KVRT_MODEL "$work/a/b/c/kvrt" run -p x -n 4 >"$out" 2>"$err")
+    rc=$?
+    expect_rc 1 "run without a model"
+    grep -q "KVRT_MODEL" "$err" || fail "the message does not mention KVRT_MODEL"
+    grep -q -- "-m" "$err" || fail "the message does not mention -m"
+    grep -q "kvrt synth" "$err" || fail "the message does not mention kvrt synth"
+    ;;
+
+  usage)
+    run run --bogus-option
+    expect_rc 2 "run --bogus-option"
+    grep -q -- "--bogus-option" "$err" || fail "the message does not name the option"
+    run run -n twelve
+    expect_rc 2 "run -n twelve"
+    grep -q -- "-n" "$err" || fail "the message does not name -n"
+    run bench --kv q5
+    expect_rc 2 "bench --kv q5"
+    grep -q -- "--kv" "$err" || fail "the message does not name --kv"
+    run mem --budget 12X
+    expect_rc 2 "mem --budget 12X"
+    run frobnicate
+    expect_rc 2 "frobnicate"
+    run --help
+    expect_rc 0 "--help"
+    for cmd in run mem synth bench; do
+      grep -q "^  $cmd " "$out" || fail "--help does not list $cmd"
+      run "$cmd" --help
+      expect_rc 0 "$cmd --help"
+      grep -q "^usage: kvrt $cmd" "$out" || fail "$cmd --help prints no usage line"
+      run --help
+    done
+    ;;
+
+  mem)
+    run mem -m "$model"
+    expect_rc 0 mem
+    # 5 layers x (K + V) x 4 KV heads x head dim 8 x 4 bytes.
+    f32=$((5 * 2 * 4 * 8 * 4))
+    f16=$((5 * 2 * 4 * 8 * 2))
+    grep -q "^| f32 | $f32 |" "$out" || fail "no f32 row with $f32 bytes/token"
+    grep -q "^| f16 | $f16 |" "$out" || fail "no f16 row with $f16 bytes/token"
+    # Default budget 1 GiB in whole blocks of 16 tokens; the context 2048 tokens.
+    tokens=$(( (1073741824 / (16 * f32)) * 16 ))
+    grep -q "^| f32 | $f32 | $((2048 * f32)) ([^)]*) | $tokens |" "$out" ||
+      fail "f32 row does not show $((2048 * f32)) bytes for 2048 tokens and $tokens tokens in budget"
+    run mem -m "$model" --budget 1M --ctx 100
+    expect_rc 0 "mem --budget 1M --ctx 100"
+    # 100 tokens need 7 blocks of 16; 1 MiB holds floor(1048576 / 20480) = 51 blocks.
+    grep -q "^| f32 | $f32 | $((112 * f32)) ([^)]*) | $((51 * 16)) |" "$out" ||
+      fail "f32 row does not show $((112 * f32)) bytes and $((51 * 16)) tokens"
+    # Weights: every tensor of the test model is F32.
+    params=$(( 512 * 64 * 2 + 64 + 5 * (64 * 2 + 64 * 64 * 2 + 64 * 32 * 2 + 64 * 172 * 3) ))
+    grep -q "weights: $params parameters, $((params * 4)) bytes" "$out" ||
+      fail "weights line does not show $params parameters and $((params * 4)) bytes"
+    ;;
+
+  synth)
+    synth=$work/tiny.gguf
+    run synth -o "$synth" --dim 64 --layers 5 --heads 8 --kv-heads 4 --ff 172 --vocab 512 --ctx 2048 --type f32 --seed 7
+    expect_rc 0 synth
+    [ -s "$synth" ] || fail "no file written"
+    run run -m "$synth" -p "Once upon a time" -n 16 --seed 3
+    expect_rc 0 "run on the synthetic model"
+    [ -s "$out" ] || fail "no text generated"
+    grep -q "generated" "$err" || fail "no stats on stderr"
+    # Same shapes as the test model: same parameter count, bytes and KV sizes.
+    run mem -m "$model"
+    expect_rc 0 "mem on the test model"
+    want=$(grep -E "weights:|^\| f(32|16) \|" "$out")
+    run mem -m "$synth"
+    expect_rc 0 "mem on the synthetic model"
+    got=$(grep -E "weights:|^\| f(32|16) \|" "$out")
+    [ "$want" = "$got" ] || fail "shapes differ from the test model: want '$want' got '$got'"
+    # Other seeds give other weights; the same seed the same file.
+    run synth -o "$work/tiny2.gguf" --dim 64 --layers 5 --heads 8 --kv-heads 4 --ff 172 --vocab 512 --ctx 2048 --type f32 --seed 7
+    cmp -s "$synth" "$work/tiny2.gguf" || fail "the same seed wrote a different file"
+    run synth -o "$work/tiny3.gguf" --dim 64 --layers 5 --heads 8 --kv-heads 4 --ff 172 --vocab 512 --ctx 2048 --type f32 --seed 8
+    ! cmp -s "$synth" "$work/tiny3.gguf" || fail "another seed wrote the same file"
+    # Each weight type loads and generates.
+    for t in f16 bf16 q8_0; do
+      run synth -o "$work/t-$t.gguf" --dim 64 --layers 2 --heads 4 --kv-heads 2 --ff 128 --vocab 300 --ctx 256 --type $t
+      expect_rc 0 "synth --type $t"
+      run run -m "$work/t-$t.gguf" -p "hello" -n 8
+      expect_rc 0 "run on the $t model"
+    done
+    run synth -o "$work/bad.gguf" --dim 64 --ff 100 --type q8_0
+    expect_rc 2 "synth q8_0 with --ff 100"
+    ;;
+
+  bench)
+    run bench -m "$model" --json -n 4 --depth 0,64 -r 1 -t 1
+    expect_rc 0 "bench --json"
+    [ "$(wc -l <"$out")" -eq 2 ] || fail "expected 2 JSON lines"
+    for key in model weight_bytes kv_bytes_per_token kv threads depth prefill_tok_s decode_tok_s; do
+      [ "$(grep -c "\"$key\":" "$out")" -eq 2 ] || fail "key $key missing from a line"
+    done
+    grep -q '"depth":0,' "$out" || fail "no depth 0 line"
+    grep -q '"depth":64,' "$out" || fail "no depth 64 line"
+    grep -q '"kv_bytes_per_token":640,' "$out" || fail "f16 KV bytes per token is not 640"
+    grep -q '"threads":1,' "$out" || fail "threads is not 1"
+    if command -v python3 >/dev/null; then
+      python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    o = json.loads(line)
+    assert o["prefill_tok_s"] > 0 and o["decode_tok_s"] > 0, o
+' "$out" || fail "a line is not valid JSON with positive speeds"
+    fi
+    run bench -m "$model" -n 2 --depth 16 -r 1 -t 1 --bandwidth --bandwidth-size 16M
+    expect_rc 0 "bench --bandwidth"
+    grep -q "memory read bandwidth" "$out" || fail "no bandwidth line"
+    grep -q "| roofline tok/s | roofline frac |" "$out" || fail "no roofline columns"
+    grep -q "^| f16 | 1 | 16 |" "$out" || fail "no row for f16, 1 thread, depth 16"
+    ;;
+
+  *)
+    echo "unknown case $case_name" >&2
+    exit 2
+    ;;
+esac
+echo "ok ($case_name)"
