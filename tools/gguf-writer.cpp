@@ -13,14 +13,16 @@ constexpr uint32_t T_U32 = 4, T_I32 = 5, T_F32 = 6, T_BOOL = 7, T_STRING = 8, T_
 
 template <typename T>
 void put(std::vector<uint8_t>& out, T v) {
-  uint8_t b[sizeof(T)];
-  std::memcpy(b, &v, sizeof(T));  // GGUF is little-endian, like every host we build for
-  out.insert(out.end(), b, b + sizeof(T));
+  const size_t at = out.size();
+  out.resize(at + sizeof(T));
+  std::memcpy(out.data() + at, &v, sizeof(T));  // GGUF is little-endian, like every host we build for
 }
 
 void put_str(std::vector<uint8_t>& out, const std::string& s) {
   put<uint64_t>(out, s.size());
-  out.insert(out.end(), s.begin(), s.end());
+  const size_t at = out.size();
+  out.resize(at + s.size());
+  if (!s.empty()) std::memcpy(out.data() + at, s.data(), s.size());
 }
 
 uint64_t pad_to(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
@@ -92,8 +94,7 @@ std::vector<uint8_t> GgufWriter::header_bytes() const {
   // A zero alignment would make padding meaningless; write unpadded then.
   const uint64_t align = alignment_ ? alignment_ : 1;
   const bool write_alignment = alignment_ != 32;
-  std::vector<uint8_t> out;
-  out.insert(out.end(), {'G', 'G', 'U', 'F'});
+  std::vector<uint8_t> out = {'G', 'G', 'U', 'F'};
   put<uint32_t>(out, 3);
   put<uint64_t>(out, tensors_.size());
   put<uint64_t>(out, kvs_.size() + (write_alignment ? 1 : 0));

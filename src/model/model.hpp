@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,12 @@
 #include "model/tokenizer.hpp"
 
 namespace kvrt {
+
+// 128-bit identity of a model's weights (see Model::fingerprint()).
+struct ModelFingerprint {
+  uint64_t lo = 0;
+  uint64_t hi = 0;
+};
 
 struct HParams {
   std::string architecture;  // "llama"
@@ -68,11 +75,18 @@ class Model {
   uint64_t n_params = 0;
   uint64_t weight_bytes = 0;
 
+  // Hash of the hyper-parameters and of every tensor's name, type, shape and
+  // data (src/snapshot/fingerprint.cpp), so that a snapshot is only loaded
+  // into the model it was made with. Computed on first use; thread-safe.
+  ModelFingerprint fingerprint() const;
+
  private:
   std::unique_ptr<GgufFile> file_;
   HParams hp_;
   Tokenizer tok_;
   std::vector<std::vector<float>> owned_norms_;  // norms converted to f32 when stored otherwise
+  mutable std::once_flag fingerprint_once_;
+  mutable ModelFingerprint fingerprint_;
 };
 
 }  // namespace kvrt

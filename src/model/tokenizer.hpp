@@ -43,6 +43,9 @@ class Tokenizer {
   int32_t bos() const { return bos_; }
   int32_t eos() const { return eos_; }
   int32_t unk() const { return unk_; }
+  // True when every byte has a byte token, so that any text round-trips.
+  bool has_all_byte_tokens() const;
+  bool add_space_prefix() const { return add_space_prefix_; }
 
  private:
   std::vector<std::string> pieces_;
