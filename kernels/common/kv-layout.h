@@ -3,12 +3,15 @@
 // A block holds block_tokens positions for every layer. Per layer: the K part
 // for each KV head ([block_tokens][head_dim] elements), then the V part for
 // each KV head. One head's keys for a block are contiguous, so attention for
-// a head streams one run of bytes per block.
+// a head streams one run of bytes per block. For f32/f16/bf16 a head part is
+// [block_tokens][head_dim] elements; for q8/q4 it is the codes followed by
+// their scales (kv-quant.h has the byte layout).
 #pragma once
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kv-quant.h"
 #include "portable.h"
 
 namespace kvrt_k {
@@ -21,6 +24,10 @@ enum KvFormat : uint32_t {
   KV_Q8 = 3,
   KV_Q4 = 4,
 };
+
+static_assert(KV_Q8 == kKvqQ8 && KV_Q4 == kKvqQ4, "kv-quant.h uses the kvrt_kv_format values");
+
+KVRT_HD bool kv_is_quant(uint32_t format) { return format == KV_Q8 || format == KV_Q4; }
 
 struct KvLayout {
   uint32_t n_layer;
@@ -46,15 +53,17 @@ KVRT_HD bool kv_layout_init(KvLayout* l, uint32_t n_layer, uint32_t n_head_kv,
                             uint32_t head_dim, uint32_t block_tokens,
                             uint32_t k_format, uint32_t v_format) {
   size_t ek = kv_elem_bytes(k_format), ev = kv_elem_bytes(v_format);
-  if (ek == 0 || ev == 0) return false;
+  if ((ek == 0 && !kv_is_quant(k_format)) || (ev == 0 && !kv_is_quant(v_format))) return false;
   l->n_layer = n_layer;
   l->n_head_kv = n_head_kv;
   l->head_dim = head_dim;
   l->block_tokens = block_tokens;
   l->k_format = k_format;
   l->v_format = v_format;
-  l->k_head_bytes = (size_t)block_tokens * head_dim * ek;
-  l->v_head_bytes = (size_t)block_tokens * head_dim * ev;
+  l->k_head_bytes = ek ? (size_t)block_tokens * head_dim * ek
+                      : kvq_k_head_bytes(k_format, block_tokens, head_dim);
+  l->v_head_bytes = ev ? (size_t)block_tokens * head_dim * ev
+                      : kvq_v_head_bytes(v_format, block_tokens, head_dim);
   l->layer_bytes = (size_t)n_head_kv * (l->k_head_bytes + l->v_head_bytes);
   l->block_bytes = (size_t)n_layer * l->layer_bytes;
   return true;

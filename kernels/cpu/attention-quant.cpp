@@ -1,0 +1,208 @@
+// Attention over quantized KV blocks: the block walk with online softmax
+// (shared by every ISA) and the scalar reference of the inner loops.
+#include "attention-quant.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "../common/fp16.h"
+#include "../common/kv-quant.h"
+
+namespace kvrt_k {
+
+namespace {
+
+// Scalar inner loops: the reference the SIMD versions are tested against.
+void k_i8_scalar(const int8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
+                 float bias, float* s) {
+  for (uint32_t t = 0; t < n; ++t) {
+    const int8_t* r = codes + t * rb;
+    float sum = 0.0f;
+    for (uint32_t c = 0; c < hd; ++c) sum += qs[c] * (float)r[c];
+    s[t] = sum + bias;
+  }
+}
+
+void k_u4_scalar(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
+                 float bias, float* s) {
+  for (uint32_t t = 0; t < n; ++t) {
+    const uint8_t* r = codes + t * rb;
+    float sum = 0.0f;
+    for (uint32_t c = 0; c < hd; ++c) sum += qs[c] * (float)kvq_get4(r, c);
+    s[t] = sum + bias;
+  }
+}
+
+void k_f16_scalar(const uint16_t* k, uint32_t n, uint32_t hd, const float* q, float* s) {
+  for (uint32_t t = 0; t < n; ++t) {
+    float sum = 0.0f;
+    for (uint32_t c = 0; c < hd; ++c) sum += q[c] * f16_to_f32(k[t * hd + c]);
+    s[t] = sum;
+  }
+}
+
+void v_i8_scalar(const int8_t* codes, size_t rb, const uint16_t* scales, uint32_t ng, uint32_t n,
+                 uint32_t hd, const float* p, float* acc) {
+  const uint32_t gs = kvq_group(hd);
+  for (uint32_t t = 0; t < n; ++t)
+    for (uint32_t g = 0; g < ng; ++g) {
+      const float w = p[t] * f16_to_f32(scales[t * ng + g]);
+      const uint32_t c1 = (g + 1) * gs < hd ? (g + 1) * gs : hd;
+      for (uint32_t c = g * gs; c < c1; ++c) acc[c] += w * (float)codes[t * rb + c];
+    }
+}
+
+void v_u4_scalar(const uint8_t* codes, size_t rb, const uint16_t* scales, const uint16_t* mins,
+                 uint32_t ng, uint32_t n, uint32_t hd, const float* p, float* acc) {
+  const uint32_t gs = kvq_group(hd);
+  for (uint32_t t = 0; t < n; ++t)
+    for (uint32_t g = 0; g < ng; ++g) {
+      const float w = p[t] * f16_to_f32(scales[t * ng + g]);
+      const float b = p[t] * f16_to_f32(mins[t * ng + g]);
+      const uint32_t c1 = (g + 1) * gs < hd ? (g + 1) * gs : hd;
+      for (uint32_t c = g * gs; c < c1; ++c) acc[c] += w * (float)kvq_get4(codes + t * rb, c) + b;
+    }
+}
+
+void v_f16_scalar(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, float* acc) {
+  for (uint32_t t = 0; t < n; ++t)
+    for (uint32_t c = 0; c < hd; ++c) acc[c] += p[t] * f16_to_f32(v[t * hd + c]);
+}
+
+const QAttnOps kScalarOps = {k_i8_scalar, k_u4_scalar, k_f16_scalar,
+                             v_i8_scalar, v_u4_scalar, v_f16_scalar};
+
+const QAttnOps& ops() {
+  if (cpu_isa() >= CpuIsa::avx2) {
+    const QAttnOps* o = qattn_ops_avx2();
+    if (o) return *o;
+  }
+  return kScalarOps;
+}
+
+// Query heads handled together per pass over a block, so each block is read
+// from memory once for the whole group.
+constexpr uint32_t kGroupChunk = 16;
+// Scores computed per softmax update.
+constexpr uint32_t kChunk = 64;
+
+// Online softmax of query heads [h0, h0 + ng) of one query over [t0, t1):
+// m/l per head, unnormalized acc (hd floats per head, zeroed here).
+void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi, uint32_t g0,
+          uint32_t ngh, uint32_t t0, uint32_t t1, float* m, float* l, float* acc) {
+  const AttnArgs& a = qa.base;
+  const KvLayout& L = *a.layout;
+  const uint32_t hd = L.head_dim, bt = L.block_tokens, group = a.n_head / L.n_head_kv;
+  const uint32_t ngv = kvq_n_groups(hd);
+  const size_t rbk = kvq_row_bytes(L.k_format, hd), rbv = kvq_row_bytes(L.v_format, hd);
+  for (uint32_t g = 0; g < ngh; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+    memset(acc + (size_t)g * hd, 0, hd * sizeof(float));
+  }
+  float qs[kQAttnMaxHeadDim], s[kChunk], p[kChunk];
+  for (uint32_t b = t0 / bt; t0 < t1 && b * bt < t1; ++b) {
+    const bool quant = b < qa.n_quant_blocks;
+    const uint8_t* kp;
+    const uint8_t* vp;
+    if (quant) {
+      kp = a.blocks[b] + kv_k_offset(L, a.layer, kv_head);
+      vp = a.blocks[b] + kv_v_offset(L, a.layer, kv_head);
+    } else {
+      kp = qa.stage + kv_k_offset(*qa.stage_layout, a.layer, kv_head);
+      vp = qa.stage + kv_v_offset(*qa.stage_layout, a.layer, kv_head);
+    }
+    const uint16_t* ksc = (const uint16_t*)(kp + kvq_scale_offset(L.k_format, bt, hd));
+    const uint16_t* vsc = (const uint16_t*)(vp + kvq_scale_offset(L.v_format, bt, hd));
+    const uint16_t* vmin = vsc + (size_t)bt * ngv;
+    const uint32_t lo = b * bt > t0 ? b * bt : t0, hi = (b + 1) * bt < t1 ? (b + 1) * bt : t1;
+    for (uint32_t g = 0; g < ngh; ++g) {
+      const float* q = a.q + (size_t)qi * a.q_stride + (size_t)(kv_head * group + g0 + g) * hd;
+      // Fold the per-channel key scales (and, for q4, the minimums) into the
+      // query once per block: s = sum_c (q_c scale_c) code_c + sum_c q_c min_c.
+      float bias = 0.0f;
+      if (!quant) {
+        for (uint32_t c = 0; c < hd; ++c) qs[c] = q[c] * a.scale;
+      } else if (L.k_format == KV_Q8) {
+        for (uint32_t c = 0; c < hd; ++c) qs[c] = q[c] * a.scale * f16_to_f32(ksc[c]);
+      } else {
+        for (uint32_t c = 0; c < hd; ++c) {
+          qs[c] = q[c] * a.scale * f16_to_f32(ksc[c]);
+          bias += q[c] * a.scale * f16_to_f32(ksc[hd + c]);
+        }
+      }
+      float* ac = acc + (size_t)g * hd;
+      for (uint32_t u0 = lo; u0 < hi; u0 += kChunk) {
+        const uint32_t n = hi - u0 < kChunk ? hi - u0 : kChunk, j = u0 - b * bt;
+        if (!quant)
+          op.k_f16((const uint16_t*)kp + (size_t)j * hd, n, hd, qs, s);
+        else if (L.k_format == KV_Q8)
+          op.k_i8((const int8_t*)kp + j * rbk, rbk, n, hd, qs, bias, s);
+        else
+          op.k_u4(kp + j * rbk, rbk, n, hd, qs, bias, s);
+        float mx = m[g];
+        for (uint32_t t = 0; t < n; ++t) mx = s[t] > mx ? s[t] : mx;
+        if (mx > m[g]) {
+          const float alpha = m[g] == -INFINITY ? 0.0f : expf(m[g] - mx);
+          for (uint32_t c = 0; c < hd; ++c) ac[c] *= alpha;
+          l[g] *= alpha;
+          m[g] = mx;
+        }
+        float sum = 0.0f;
+        for (uint32_t t = 0; t < n; ++t) {
+          p[t] = expf(s[t] - m[g]);
+          sum += p[t];
+        }
+        l[g] += sum;
+        if (!quant)
+          op.v_f16((const uint16_t*)vp + (size_t)j * hd, n, hd, p, ac);
+        else if (L.v_format == KV_Q8)
+          op.v_i8((const int8_t*)vp + j * rbv, rbv, vsc + (size_t)j * ngv, ngv, n, hd, p, ac);
+        else
+          op.v_u4(vp + j * rbv, rbv, vsc + (size_t)j * ngv, vmin + (size_t)j * ngv, ngv, n, hd, p,
+                  ac);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const QAttnOps& qattn_ops_scalar() { return kScalarOps; }
+
+void attention_quant(const QAttnArgs& qa, uint32_t kv_head) {
+  const AttnArgs& a = qa.base;
+  const uint32_t hd = a.layout->head_dim, group = a.n_head / a.layout->n_head_kv;
+  const QAttnOps& op = ops();
+  float m[kGroupChunk], l[kGroupChunk];
+  for (uint32_t qi = 0; qi < a.n_q; ++qi) {
+    const uint32_t t1 = (uint32_t)a.pos0 + qi + 1;
+    for (uint32_t g0 = 0; g0 < group; g0 += kGroupChunk) {
+      const uint32_t ngh = group - g0 < kGroupChunk ? group - g0 : kGroupChunk;
+      // Heads of one KV head are adjacent in out, so acc can be out itself.
+      float* out = a.out + (size_t)qi * a.q_stride + (size_t)(kv_head * group + g0) * hd;
+      walk(qa, op, kv_head, qi, g0, ngh, 0, t1, m, l, out);
+      for (uint32_t g = 0; g < ngh; ++g) {
+        const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+        for (uint32_t c = 0; c < hd; ++c) out[(size_t)g * hd + c] *= inv;
+      }
+    }
+  }
+}
+
+void attention_quant_partial(const QAttnArgs& qa, uint32_t kv_head, uint32_t qi, uint32_t t0,
+                             uint32_t t1, AttnPartial* part, float* acc) {
+  const AttnArgs& a = qa.base;
+  const uint32_t hd = a.layout->head_dim, group = a.n_head / a.layout->n_head_kv;
+  const uint32_t vis = (uint32_t)a.pos0 + qi + 1;
+  if (t1 > vis) t1 = vis;
+  const QAttnOps& op = ops();
+  float m[kGroupChunk], l[kGroupChunk];
+  for (uint32_t g0 = 0; g0 < group; g0 += kGroupChunk) {
+    const uint32_t ngh = group - g0 < kGroupChunk ? group - g0 : kGroupChunk;
+    walk(qa, op, kv_head, qi, g0, ngh, t0, t0 < t1 ? t1 : t0, m, l, acc + (size_t)g0 * hd);
+    for (uint32_t g = 0; g < ngh; ++g) part[g0 + g] = {m[g], l[g]};
+  }
+}
+
+}  // namespace kvrt_k

@@ -1,0 +1,58 @@
+// Attention over a paged cache whose full blocks are quantized (q8/q4 keys
+// and values, any pairing) and whose tail block lives in an f16 staging block.
+// Entry points mirror attention()/attention_partial() of cpu-kernels.h, so the
+// backend splits work the same way and merges partials with attention_merge().
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/kv-layout.h"
+#include "cpu-kernels.h"
+
+namespace kvrt_k {
+
+// Widest head and largest query-head group the quantized kernels take (their
+// per-block working set lives on the stack); sessions refuse wider models.
+constexpr uint32_t kQAttnMaxHeadDim = 512;
+
+struct QAttnArgs {
+  // base.layout is the quantized layout (k_format, v_format in {q8, q4});
+  // base.blocks[b] for b < n_quant_blocks hold quantized blocks.
+  AttnArgs base;
+  // Logical block n_quant_blocks (the partly filled tail, if any) is read
+  // from `stage`, a block in f16 for both K and V laid out by stage_layout.
+  const KvLayout* stage_layout;
+  const uint8_t* stage;
+  uint32_t n_quant_blocks;
+};
+
+// Output of every query and query head using KV head `kv_head`.
+void attention_quant(const QAttnArgs& a, uint32_t kv_head);
+
+// Partials of query `qi` over positions [t0, t1), as attention_partial().
+void attention_quant_partial(const QAttnArgs& a, uint32_t kv_head, uint32_t qi, uint32_t t0,
+                             uint32_t t1, AttnPartial* part, float* acc);
+
+// The inner loops, one table per ISA level (scalar reference, AVX2).
+// k_*: s[t] = bias + sum_c qs[c] * key(t, c) for n rows of codes (row stride
+// rb bytes). v_*: acc[c] += sum_t p[t] * value(t, c), with per-token group
+// scales (ng per token) and, for q4, minimums.
+struct QAttnOps {
+  void (*k_i8)(const int8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
+               float bias, float* s);
+  void (*k_u4)(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
+               float bias, float* s);
+  void (*k_f16)(const uint16_t* k, uint32_t n, uint32_t hd, const float* q, float* s);
+  void (*v_i8)(const int8_t* codes, size_t rb, const uint16_t* scales, uint32_t ng, uint32_t n,
+               uint32_t hd, const float* p, float* acc);
+  void (*v_u4)(const uint8_t* codes, size_t rb, const uint16_t* scales, const uint16_t* mins,
+               uint32_t ng, uint32_t n, uint32_t hd, const float* p, float* acc);
+  void (*v_f16)(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, float* acc);
+};
+
+const QAttnOps& qattn_ops_scalar();
+// Null when this build has no AVX2 version.
+const QAttnOps* qattn_ops_avx2();
+
+}  // namespace kvrt_k

@@ -1,0 +1,53 @@
+// Internal declarations shared by the CPU kernel dispatcher and its per-ISA
+// implementations (scalar reference, AVX2).
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cpu-kernels.h"
+
+namespace kvrt_k {
+namespace detail {
+
+// Attention works on up to this many (query, head) rows at once, so each K/V
+// row loaded from the cache serves every row of the set.
+constexpr uint32_t ATTN_MAX_ROWS = 8;
+// Keys scored per step (bounded so scores fit in a small stack buffer).
+constexpr uint32_t ATTN_CHUNK_TOKENS = 32;
+
+// A set of rows sharing one KV head. Row r sees positions [t0, t_end[r]);
+// its running state (m, l) and unnormalized accumulator acc[r][head_dim] are
+// initialized by the caller and updated in place (online softmax).
+struct AttnRows {
+  uint32_t n;
+  uint32_t t0;
+  const float* q[ATTN_MAX_ROWS];
+  float* acc[ATTN_MAX_ROWS];
+  AttnPartial* st[ATTN_MAX_ROWS];
+  uint32_t t_end[ATTN_MAX_ROWS];
+};
+
+}  // namespace detail
+
+namespace scalar {
+void matmul(uint32_t wtype, const void* w, size_t k, size_t r0, size_t r1, const float* x,
+            size_t ldx, size_t n_rows_x, float* y, size_t ldy, float* scratch);
+void rmsnorm(const float* x, const float* weight, float* y, size_t n, float eps);
+void swiglu(float* gate, const float* up, size_t n);
+void kv_store(uint32_t format, void* dst, const float* src, size_t n);
+void attn_rows(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows);
+}  // namespace scalar
+
+namespace avx2 {
+void matmul(uint32_t wtype, const void* w, size_t k, size_t r0, size_t r1, const float* x,
+            size_t ldx, size_t n_rows_x, float* y, size_t ldy, float* scratch);
+void rmsnorm(const float* x, const float* weight, float* y, size_t n, float eps);
+void swiglu(float* gate, const float* up, size_t n);
+void kv_store(uint32_t format, void* dst, const float* src, size_t n);
+// Returns false when it does not handle the shape (head_dim not a multiple
+// of 8); the caller then uses the scalar path.
+bool attn_rows(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows);
+}  // namespace avx2
+
+}  // namespace kvrt_k

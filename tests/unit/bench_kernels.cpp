@@ -1,0 +1,178 @@
+// Hand-run benchmark of the CPU kernels: memory read bandwidth, F16 matvec
+// and paged attention throughput. Not a test; it only prints figures.
+//
+// Build (from the repository root):
+//   g++ -std=c++20 -O3 -mavx2 -mfma -mf16c -pthread -I. tests/unit/bench_kernels.cpp \
+//     kernels/cpu/cpu-kernels.cpp kernels/cpu/cpu-kernels-scalar.cpp \
+//     kernels/cpu/cpu-kernels-avx2.cpp -o bench_kernels
+// (the whole program may use AVX2 flags: it only runs on AVX2 machines).
+#include <immintrin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "kernels/common/fp16.h"
+#include "kernels/cpu/cpu-kernels.h"
+
+using namespace kvrt_k;
+
+namespace {
+
+// KVRT_BENCH_CPU_TIME=1 measures the calling thread's CPU time instead of
+// wall time (single-thread runs only): useful on a machine shared with
+// other jobs, where wall time mostly measures the others.
+bool g_cpu_time = getenv("KVRT_BENCH_CPU_TIME") != nullptr;
+
+double now_s() {
+  if (g_cpu_time) {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Runs fn(thread_index) on n threads and returns the wall time.
+template <class F>
+double timed_threads(int n, F fn) {
+  double t0 = now_s();
+  std::vector<std::thread> th;
+  for (int i = 1; i < n; ++i) th.emplace_back(fn, i);
+  fn(0);
+  for (auto& t : th) t.join();
+  return now_s() - t0;
+}
+
+float sum_bytes(const float* p, size_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i + 32 <= n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+  }
+  __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+  float b[8];
+  _mm256_storeu_ps(b, s);
+  return b[0] + b[1] + b[2] + b[3] + b[4] + b[5] + b[6] + b[7];
+}
+
+volatile float g_sink;
+
+double bandwidth(int threads) {
+  const size_t bytes = (size_t)1 << 30, n = bytes / 4;
+  float* buf = (float*)aligned_alloc(64, bytes);
+  for (size_t i = 0; i < n; ++i) buf[i] = (float)(i & 1023);
+  std::vector<double> gbs;
+  for (int rep = 0; rep < 5; ++rep) {
+    double t = timed_threads(threads, [&](int ti) {
+      size_t per = n / threads;
+      g_sink = sum_bytes(buf + ti * per, per);
+    });
+    gbs.push_back(bytes / t / 1e9);
+  }
+  free(buf);
+  return median(gbs);
+}
+
+// Several copies of the matrix (>= 512 MiB in all) are cycled so every
+// product streams its weights from memory, not from the last-level cache.
+void bench_matvec(uint32_t wtype, size_t rows, size_t k, int threads, size_t m_rows = 1) {
+  const size_t rb = weight_row_bytes(wtype, k), mat = rb * rows;
+  size_t copies = std::max<size_t>(2, ((size_t)512 << 20) / mat);
+  std::vector<uint8_t> w(mat * copies);
+  for (size_t i = 0; i < w.size(); i += 2) {
+    uint16_t h = f32_to_f16((float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f);
+    memcpy(&w[i], &h, 2);
+  }
+  std::vector<float> x(k * m_rows, 0.5f), y(rows * m_rows);
+  std::vector<double> gbs;
+  for (int rep = 0; rep < 5; ++rep) {
+    double t = timed_threads(threads, [&](int ti) {
+      std::vector<float> scratch(k);
+      size_t r0 = rows * ti / threads, r1 = rows * (ti + 1) / threads;
+      for (size_t c = 0; c < copies; ++c)
+        matmul(wtype, w.data() + c * mat, k, r0, r1, x.data(), k, m_rows, y.data(), rows,
+               scratch.data());
+    });
+    gbs.push_back((double)mat * copies / t / 1e9);
+  }
+  double g = median(gbs);
+  printf("  %-5s %6zu x %-5zu M=%-3zu %d thr: %6.2f GB/s  (%.3f ms/product, %.1f GFLOP/s)\n",
+         wtype == W_F16 ? "f16" : wtype == W_Q8_0 ? "q8_0" : wtype == W_F32 ? "f32" : "bf16", rows,
+         k, m_rows, threads, g, mat / g / 1e6, 2.0 * rows * k * m_rows * g / mat);
+}
+
+void bench_attention(int threads, uint32_t fmt) {
+  const uint32_t n_tok = 16384, hd = 64, n_kv = 4, n_head = 16, bt = 16;
+  KvLayout L;
+  // Several layers: each call reads a different one, so it comes from memory.
+  const uint32_t n_layer = 32;
+  kv_layout_init(&L, n_layer, n_kv, hd, bt, fmt, fmt);
+  const uint32_t n_blocks = n_tok / bt;
+  std::vector<uint8_t> pool((size_t)n_blocks * L.block_bytes);
+  for (size_t i = 0; i < pool.size(); i += 2) {
+    uint16_t h = f32_to_f16((float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f);
+    memcpy(&pool[i], &h, 2);
+  }
+  std::vector<const uint8_t*> blocks(n_blocks);
+  for (uint32_t b = 0; b < n_blocks; ++b) blocks[b] = pool.data() + (size_t)((b * 7919u) % n_blocks) * L.block_bytes;
+  std::vector<float> q(n_head * hd, 0.1f), out(n_head * hd);
+  const double bytes_per_layer = (double)n_tok * n_kv * hd * kv_elem_bytes(fmt) * 2;
+  std::vector<double> gbs;
+  for (int rep = 0; rep < 5; ++rep) {
+    double t = timed_threads(threads, [&](int ti) {
+      for (uint32_t l = 0; l < n_layer; ++l) {
+        AttnArgs a{&L, blocks.data(), l, q.data(), out.data(), n_head * hd, 1, n_head,
+                   (int32_t)n_tok - 1, 0.125f};
+        for (uint32_t h = ti; h < n_kv; h += threads) attention(a, h);
+      }
+    });
+    gbs.push_back(bytes_per_layer * n_layer / t / 1e9);
+  }
+  double g = median(gbs);
+  printf("  attention %s, %u tokens, hd %u, %u KV / %u Q heads, %d thr: %6.2f GB/s (%.3f ms/layer)\n",
+         fmt == KV_F16 ? "f16" : "f32", n_tok, hd, n_kv, n_head, threads, g,
+         bytes_per_layer / g / 1e6);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  printf("kernels ISA: %s\n", cpu_isa_name(cpu_isa()));
+  bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+  printf("memory read bandwidth (1 GiB sum, median of 5):\n");
+  double bw1 = bandwidth(1), bw2 = bandwidth(2);
+  printf("  1 thr: %.2f GB/s   2 thr: %.2f GB/s\n", bw1, bw2);
+  printf("matvec (weights streamed from memory):\n");
+  for (int thr : {1, 2}) {
+    bench_matvec(W_F16, 4096, 1024, thr);
+    bench_matvec(W_F16, 1024, 4096, thr);
+    bench_matvec(W_F16, 32000, 1024, thr);
+  }
+  if (!quick) {
+    bench_matvec(W_Q8_0, 4096, 4096, 1);
+    bench_matvec(W_F32, 4096, 1024, 1);
+    bench_matvec(W_BF16, 4096, 1024, 1);
+    printf("prefill-shaped products (M activation rows):\n");
+    bench_matvec(W_F16, 1024, 4096, 1, 16);
+    bench_matvec(W_F16, 1024, 4096, 1, 64);
+    bench_matvec(W_Q8_0, 1024, 4096, 1, 64);
+    bench_matvec(W_F32, 1024, 4096, 1, 64);
+  }
+  bench_attention(1, KV_F16);
+  bench_attention(2, KV_F16);
+  if (!quick) bench_attention(1, KV_F32);
+  return 0;
+}

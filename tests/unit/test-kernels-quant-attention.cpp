@@ -1,0 +1,225 @@
+// Tests of attention over q8/q4 blocks with an f16 tail (attention-quant.h)
+// at every ISA level and through the CPU backend with 1 and 2 threads,
+// against a double-precision softmax attention over the dequantized cache.
+#include <string.h>
+
+#include <algorithm>
+#include <memory>
+
+#include "backend/backend.hpp"
+#include "kernels/common/kv-quant.h"
+#include "kernels/cpu/attention-quant.h"
+#include "test-kernels-util.h"
+#include "util/thread-pool.hpp"
+
+using namespace kvrt_k;
+
+namespace {
+
+struct QCache {
+  KvLayout layout, stage_layout;
+  uint32_t n_tokens;
+  std::vector<std::vector<uint8_t>> blocks;
+  std::vector<const uint8_t*> ptrs;
+  std::vector<uint8_t> stage;
+  std::vector<double> k, v;  // dense [layer][head][t][c], the values attention must see
+};
+
+QCache make(uint32_t n_layer, uint32_t n_kv, uint32_t hd, uint32_t bt, uint32_t kf, uint32_t vf,
+            uint32_t n_tokens, kt::Rng& rng) {
+  QCache c;
+  assert_true(kv_layout_init(&c.layout, n_layer, n_kv, hd, bt, kf, vf));
+  assert_true(kv_layout_init(&c.stage_layout, n_layer, n_kv, hd, bt, KV_F16, KV_F16));
+  c.n_tokens = n_tokens;
+  const uint32_t n_full = n_tokens / bt, n_blocks = (n_tokens + bt - 1) / bt;
+  c.blocks.assign(n_blocks, std::vector<uint8_t>(c.layout.block_bytes, 0xCD));
+  for (auto& b : c.blocks) c.ptrs.push_back(b.data());
+  c.stage.assign(c.stage_layout.block_bytes, 0);
+  const size_t per_head = (size_t)n_tokens * hd;
+  c.k.resize((size_t)n_layer * n_kv * per_head);
+  c.v.resize(c.k.size());
+  std::vector<float> kx((size_t)bt * hd), vx((size_t)bt * hd);
+  for (uint32_t l = 0; l < n_layer; ++l)
+    for (uint32_t h = 0; h < n_kv; ++h) {
+      // Keys get channel offsets and an outlier channel, as real keys do.
+      std::vector<float> off(hd);
+      for (auto& o : off) o = rng.uni(-1.0f, 1.0f);
+      off[hd / 2] = 6.0f;
+      double* kd = c.k.data() + ((size_t)l * n_kv + h) * per_head;
+      double* vd = c.v.data() + ((size_t)l * n_kv + h) * per_head;
+      for (uint32_t b = 0; b < n_blocks; ++b) {
+        const uint32_t n = std::min(bt, n_tokens - b * bt);
+        for (uint32_t t = 0; t < n; ++t)
+          for (uint32_t ch = 0; ch < hd; ++ch) {
+            kx[t * hd + ch] = off[ch] + rng.uni(-1.0f, 1.0f);
+            vx[t * hd + ch] = rng.uni(-1.0f, 1.0f);
+          }
+        if (b < n_full) {
+          uint8_t* kp = c.blocks[b].data() + kv_k_offset(c.layout, l, h);
+          uint8_t* vp = c.blocks[b].data() + kv_v_offset(c.layout, l, h);
+          kvq_quantize_k(kf, kp, kx.data(), hd, bt, bt, hd);
+          kvq_quantize_v(vf, vp, vx.data(), hd, bt, bt, hd);
+          for (uint32_t t = 0; t < bt; ++t)
+            for (uint32_t ch = 0; ch < hd; ++ch) {
+              kd[(size_t)(b * bt + t) * hd + ch] = kvq_k_value(kf, kp, bt, hd, t, ch);
+              vd[(size_t)(b * bt + t) * hd + ch] = kvq_v_value(vf, vp, bt, hd, t, ch);
+            }
+        } else {
+          uint16_t* kp = (uint16_t*)(c.stage.data() + kv_k_offset(c.stage_layout, l, h));
+          uint16_t* vp = (uint16_t*)(c.stage.data() + kv_v_offset(c.stage_layout, l, h));
+          for (uint32_t t = 0; t < n; ++t)
+            for (uint32_t ch = 0; ch < hd; ++ch) {
+              kp[t * hd + ch] = f32_to_f16(kx[t * hd + ch]);
+              vp[t * hd + ch] = f32_to_f16(vx[t * hd + ch]);
+              kd[(size_t)(b * bt + t) * hd + ch] = kt::half_value_ref(kp[t * hd + ch]);
+              vd[(size_t)(b * bt + t) * hd + ch] = kt::half_value_ref(vp[t * hd + ch]);
+            }
+        }
+      }
+    }
+  return c;
+}
+
+QAttnArgs args(const QCache& c, uint32_t layer, const std::vector<float>& q, std::vector<float>& out,
+               uint32_t n_q, uint32_t n_head) {
+  QAttnArgs a{};
+  a.base.layout = &c.layout;
+  a.base.blocks = c.ptrs.data();
+  a.base.layer = layer;
+  a.base.q = q.data();
+  a.base.out = out.data();
+  a.base.q_stride = (size_t)n_head * c.layout.head_dim;
+  a.base.n_q = n_q;
+  a.base.n_head = n_head;
+  a.base.pos0 = (int32_t)(c.n_tokens - n_q);
+  a.base.scale = 1.0f / sqrtf((float)c.layout.head_dim);
+  a.stage_layout = &c.stage_layout;
+  a.stage = c.stage.data();
+  a.n_quant_blocks = c.n_tokens / c.layout.block_tokens;
+  return a;
+}
+
+// Softmax attention in double of query qi, head h, over [0, vis).
+void reference(const QCache& c, uint32_t layer, const float* q, uint32_t h, uint32_t n_head,
+               uint32_t vis, std::vector<double>& out) {
+  const uint32_t hd = c.layout.head_dim, n_kv = c.layout.n_head_kv, kvh = h / (n_head / n_kv);
+  const size_t per_head = (size_t)c.n_tokens * hd;
+  const double* kd = c.k.data() + ((size_t)layer * n_kv + kvh) * per_head;
+  const double* vd = c.v.data() + ((size_t)layer * n_kv + kvh) * per_head;
+  std::vector<double> s(vis);
+  double mx = -1e300, sum = 0;
+  for (uint32_t t = 0; t < vis; ++t) {
+    double d = 0;
+    for (uint32_t ch = 0; ch < hd; ++ch) d += (double)q[ch] * kd[(size_t)t * hd + ch];
+    s[t] = d / sqrt((double)hd);
+    mx = std::max(mx, s[t]);
+  }
+  out.assign(hd, 0.0);
+  for (uint32_t t = 0; t < vis; ++t) {
+    double p = exp(s[t] - mx);
+    sum += p;
+    for (uint32_t ch = 0; ch < hd; ++ch) out[ch] += p * vd[(size_t)t * hd + ch];
+  }
+  for (auto& o : out) o /= sum;
+}
+
+const uint32_t kPairs[][2] = {{KV_Q8, KV_Q8}, {KV_Q8, KV_Q4}, {KV_Q4, KV_Q8}, {KV_Q4, KV_Q4}};
+// Outputs are convex combinations of values in [-1, 1]; float accumulation
+// over a few thousand positions stays well inside this.
+const double kTol = 2e-5;
+
+void check_out(const QCache& c, uint32_t layer, const std::vector<float>& q,
+               const std::vector<float>& out, uint32_t n_q, uint32_t n_head, const char* ctx) {
+  const uint32_t hd = c.layout.head_dim;
+  std::vector<double> ref;
+  for (uint32_t qi = 0; qi < n_q; ++qi)
+    for (uint32_t h = 0; h < n_head; ++h) {
+      const size_t o = (size_t)qi * n_head * hd + (size_t)h * hd;
+      reference(c, layer, q.data() + o, h, n_head, c.n_tokens - n_q + qi + 1, ref);
+      for (uint32_t ch = 0; ch < hd; ++ch) kt::check_close(out[o + ch], ref[ch], kTol, "out", o + ch, ctx);
+    }
+}
+
+void test_kernel_levels(void**) {
+  kt::Rng rng(21);
+  char ctx[160];
+  for (auto& fp : kPairs)
+    for (uint32_t hd : {8u, 64u, 80u, 128u, 33u})
+      for (uint32_t n_tokens : {1u, 16u, 37u, 131u}) {
+        const uint32_t n_kv = 2, n_head = 6, n_q = std::min(n_tokens, 3u), layer = 1;
+        QCache c = make(2, n_kv, hd, 16, fp[0], fp[1], n_tokens, rng);
+        std::vector<float> q((size_t)n_q * n_head * hd);
+        for (auto& f : q) f = rng.uni(-2.0f, 2.0f);
+        for (CpuIsa isa : kt::isa_levels()) {
+          cpu_isa_set(isa);
+          std::vector<float> out(q.size(), 0.0f);
+          QAttnArgs a = args(c, layer, q, out, n_q, n_head);
+          for (uint32_t h = 0; h < n_kv; ++h) attention_quant(a, h);
+          snprintf(ctx, sizeof ctx, "%s k %u v %u hd %u n %u", cpu_isa_name(isa), fp[0], fp[1], hd, n_tokens);
+          check_out(c, layer, q, out, n_q, n_head, ctx);
+          // Partials over uneven ranges merged must agree too (last query).
+          std::vector<float> out2(q.size(), 0.0f);
+          const uint32_t cuts[] = {0, n_tokens / 3, n_tokens / 3 + 5, n_tokens};
+          const uint32_t group = n_head / n_kv;
+          for (uint32_t h = 0; h < n_kv; ++h) {
+            std::vector<AttnPartial> parts(3 * group);
+            std::vector<float> accs(3 * group * hd);
+            for (uint32_t r = 0; r < 3; ++r)
+              attention_quant_partial(a, h, n_q - 1, std::min(cuts[r], n_tokens),
+                                      std::min(cuts[r + 1], n_tokens), &parts[r * group],
+                                      &accs[(size_t)r * group * hd]);
+            for (uint32_t g = 0; g < group; ++g) {
+              AttnPartial pg[3];
+              std::vector<float> ag(3 * hd);
+              for (uint32_t r = 0; r < 3; ++r) {
+                pg[r] = parts[r * group + g];
+                memcpy(&ag[r * hd], &accs[((size_t)r * group + g) * hd], hd * sizeof(float));
+              }
+              attention_merge(pg, ag.data(), 3, hd,
+                              out2.data() + (size_t)(n_q - 1) * n_head * hd + (h * group + g) * hd);
+            }
+          }
+          for (size_t i = (size_t)(n_q - 1) * n_head * hd; i < out.size(); ++i)
+            kt::check_close(out2[i], out[i], 1e-5, "merged", i, ctx);
+        }
+        cpu_isa_set(cpu_isa_detect());
+      }
+}
+
+void test_backend_threads(void**) {
+  // Long contexts split by position range across threads; the tail block is
+  // partial (not a multiple of 16).
+  kt::Rng rng(5);
+  char ctx[160];
+  for (auto& fp : kPairs)
+    for (unsigned nt : {1u, 2u}) {
+      const uint32_t hd = 64, n_kv = 2, n_head = 4, n_tokens = 1500;
+      QCache c = make(1, n_kv, hd, 16, fp[0], fp[1], n_tokens, rng);
+      kvrt::ThreadPool pool(nt);
+      kvrt::CpuBackend be(pool);
+      kvrt::BackendScratch s;
+      std::vector<kvrt_k::AttnPartial> parts(kvrt::CpuBackend::attention_partials_needed(nt, n_head, n_tokens));
+      std::vector<float> pacc((parts.size() + kvrt::CpuBackend::kMaxSplit) * hd);
+      s.parts = parts.data();
+      s.part_acc = pacc.data();
+      s.part_capacity = parts.size();
+      for (uint32_t n_q : {1u, 4u}) {
+        std::vector<float> q((size_t)n_q * n_head * hd), out(q.size());
+        for (auto& f : q) f = rng.uni(-2.0f, 2.0f);
+        QAttnArgs a = args(c, 0, q, out, n_q, n_head);
+        be.attention_quant(a, s);
+        snprintf(ctx, sizeof ctx, "backend threads %u k %u v %u n_q %u", nt, fp[0], fp[1], n_q);
+        check_out(c, 0, q, out, n_q, n_head, ctx);
+      }
+    }
+}
+
+}  // namespace
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_kernel_levels),
+      cmocka_unit_test(test_backend_threads),
+  };
+  return cmocka_run_group_tests(tests, nullptr, nullptr);
+}
