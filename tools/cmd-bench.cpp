@@ -89,19 +89,29 @@ uint64_t sum_scalar(const uint64_t* p, size_t n) {
 }
 
 #if defined(__x86_64__) || defined(__i386__)
+// Reads four quarters of the range side by side: a core reaches its full
+// read bandwidth only with several streams in flight (one stream measured
+// about 25% lower here), and the matrix kernels read several rows at once.
 __attribute__((target("avx2"))) uint64_t sum_avx2(const uint64_t* p, size_t n) {
+  const size_t q = n / 4 / 8 * 8;
+  const uint64_t *p0 = p, *p1 = p + q, *p2 = p + 2 * q, *p3 = p + 3 * q;
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    a0 = _mm256_add_epi64(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
-    a1 = _mm256_add_epi64(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
-    a2 = _mm256_add_epi64(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
-    a3 = _mm256_add_epi64(a3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
+  __m256i a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  for (size_t i = 0; i < q; i += 8) {
+    a0 = _mm256_add_epi64(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0 + i)));
+    a1 = _mm256_add_epi64(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0 + i + 4)));
+    a2 = _mm256_add_epi64(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p1 + i)));
+    a3 = _mm256_add_epi64(a3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p1 + i + 4)));
+    a4 = _mm256_add_epi64(a4, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p2 + i)));
+    a5 = _mm256_add_epi64(a5, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p2 + i + 4)));
+    a6 = _mm256_add_epi64(a6, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p3 + i)));
+    a7 = _mm256_add_epi64(a7, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p3 + i + 4)));
   }
-  __m256i s = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+  __m256i s = _mm256_add_epi64(_mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)),
+                               _mm256_add_epi64(_mm256_add_epi64(a4, a5), _mm256_add_epi64(a6, a7)));
   uint64_t lanes[4];
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes), s);
-  return lanes[0] + lanes[1] + lanes[2] + lanes[3] + sum_scalar(p + i, n - i);
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3] + sum_scalar(p + 4 * q, n - 4 * q);
 }
 #endif
 
@@ -377,14 +387,14 @@ int cmd_bench(int argc, char** argv) {
           if (o.bandwidth) {
             auto it = bandwidth.find(used_threads);
             bw = it != bandwidth.end() ? it->second : bandwidth[hw];
-            roof = bw / (static_cast<double>(info.weight_bytes) + static_cast<double>(depth) * bpt);
+            roof = bw / (static_cast<double>(info.decode_weight_bytes) + static_cast<double>(depth) * bpt);
             frac = decode_tok_s / roof;
           }
           if (o.json) {
-            std::printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"kv_bytes_per_token\":%" PRIu64
+            std::printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"decode_weight_bytes\":%" PRIu64 ",\"kv_bytes_per_token\":%" PRIu64
                         ",\"kv\":\"%s\",\"threads\":%u,\"depth\":%u,\"n_decode\":%u,\"prefill_tokens\":%u,"
                         "\"repeats\":%u,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"ms_per_token\":%.4f",
-                        json_escape(path).c_str(), info.weight_bytes, bpt, kv_name.c_str(), used_threads,
+                        json_escape(path).c_str(), info.weight_bytes, info.decode_weight_bytes, bpt, kv_name.c_str(), used_threads,
                         depth, o.n_decode, n_prompt, o.repeats, prefill_tok_s, decode_tok_s,
                         1e3 / decode_tok_s);
             if (o.bandwidth)
@@ -407,7 +417,7 @@ int cmd_bench(int argc, char** argv) {
     }
   }
   if (!o.json && o.bandwidth)
-    std::printf("\nroofline tok/s = read bandwidth / (weight bytes + depth x KV bytes per token):\n"
+    std::printf("\nroofline tok/s = read bandwidth / (weight bytes read per step + depth x KV bytes per token):\n"
                 "the decode speed if every step only streamed the weights and the cache once.\n");
   return failures == 0 ? kExitOk : kExitFailure;
 }

@@ -7,6 +7,10 @@
 
 #include "cli-common.hpp"
 
+namespace kvrt_tools {
+int cmd_eval_kv(int argc, char** argv);  // cmd-eval-kv.cpp
+}  // namespace kvrt_tools
+
 namespace {
 
 struct Command {
@@ -20,6 +24,7 @@ const Command kCommands[] = {
     {"mem", kvrt_tools::cmd_mem, "KV cache memory per storage format and what a budget holds"},
     {"synth", kvrt_tools::cmd_synth, "write a llama-architecture GGUF model with random weights"},
     {"bench", kvrt_tools::cmd_bench, "measure prefill and decode speed (and the memory roofline)"},
+    {"eval-kv", kvrt_tools::cmd_eval_kv, "KL divergence and top-1 agreement of a KV format vs f32"},
 };
 
 void print_usage(FILE* out) {
@@ -27,7 +32,7 @@ void print_usage(FILE* out) {
                "usage: kvrt <command> [options]\n"
                "\n"
                "commands:\n");
-  for (const Command& c : kCommands) std::fprintf(out, "  %-6s %s\n", c.name, c.summary);
+  for (const Command& c : kCommands) std::fprintf(out, "  %-7s %s\n", c.name, c.summary);
   std::fprintf(out,
                "\n"
                "  kvrt <command> --help   options of one command\n"

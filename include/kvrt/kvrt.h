@@ -246,6 +246,11 @@ typedef struct kvrt_model_info {
   uint64_t kv_bytes_per_token[KVRT_KV_FORMAT_COUNT];
   char architecture[32];     /**< Architecture, such as "llama"; NUL-terminated. */
   char name[64];             /**< general.name, possibly cut short; NUL-terminated. */
+  /** Weight bytes one decode step reads: every matrix, plus one row of the
+   *  token embedding table (unless the output layer shares it). With the KV
+   *  bytes of the context, this is what bounds decode speed by memory
+   *  bandwidth. */
+  uint64_t decode_weight_bytes;
 } kvrt_model_info;
 
 /**
@@ -585,6 +590,219 @@ KVRT_API kvrt_status kvrt_session_get_stats(const kvrt_session* session,
  * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT.
  */
 KVRT_API kvrt_status kvrt_session_request_abort(kvrt_session* session);
+
+/* ---------------------------------------------------------------------------
+ * Snapshot
+ *
+ * A snapshot holds everything needed to continue a session bit for bit: the
+ * model's fingerprint, the cache's formats and shapes, the token ids, the KV
+ * blocks exactly as stored (never recomputed or re-quantized), and the
+ * sampler's settings and generator state. Its byte layout is specified in
+ * docs/snapshot-format.md and has its own version number. Sections are
+ * zstd-compressed and every part is checksummed; a load validates the whole
+ * snapshot before it returns a session, and a failed load leaves nothing
+ * allocated.
+ *
+ * The same bytes go to a file (written atomically), to a caller's buffer, or
+ * through caller-supplied callbacks.
+ * ------------------------------------------------------------------------- */
+
+/**
+ * @brief Parameters of the kvrt_session_save*() and kvrt_session_load*()
+ *        functions.
+ *
+ * Initialize with kvrt_snapshot_default_params(); the library reads
+ * min(struct_size, its own size) bytes and uses defaults for the rest.
+ */
+typedef struct kvrt_snapshot_params {
+  uint32_t struct_size;       /**< sizeof(kvrt_snapshot_params), set by the init function. */
+  int32_t compression_level;  /**< zstd level used by saves, from zstd's minimum (negative: faster) to its maximum (22); 0 means zstd's default (3). Default 3. Loads ignore it. */
+  uint32_t reserved0;         /**< Must be 0. */
+  uint32_t reserved1;         /**< Must be 0. */
+} kvrt_snapshot_params;
+
+/**
+ * @brief Write callback of kvrt_session_save_stream().
+ * @param user The caller's pointer, passed through.
+ * @param data In: @p size bytes to write (only valid during the call).
+ * @param size Bytes in @p data, at least 1.
+ * @return 0 when all @p size bytes were written; anything else is a failure
+ *         and ends the save with ::KVRT_ERR_IO.
+ */
+typedef int (*kvrt_write_fn)(void* user, const void* data, size_t size);
+
+/**
+ * @brief Read callback of kvrt_session_load_stream().
+ * @param user The caller's pointer, passed through.
+ * @param data Out: room for @p size bytes.
+ * @param size Bytes wanted, at least 1.
+ * @return The bytes read, 1..@p size (fewer than asked is fine); 0 at the
+ *         end of the data; a negative value is a failure and ends the load
+ *         with ::KVRT_ERR_IO.
+ */
+typedef int64_t (*kvrt_read_fn)(void* user, void* data, size_t size);
+
+/**
+ * @brief Fills @p params with the defaults and sets struct_size.
+ * @param params Out: the struct to fill; ignored when NULL.
+ * @note Any thread may call it.
+ */
+KVRT_API void kvrt_snapshot_default_params(kvrt_snapshot_params* params);
+
+/**
+ * @brief Saves a session to a file, atomically.
+ *
+ * The snapshot is written to a new temporary file in the same folder
+ * (named ".<file name>.tmp.<unique suffix>"), flushed and synced, then
+ * renamed over @p path, and the folder is synced. Readers of @p path see
+ * either the old file or the complete new one. On any failure the temporary
+ * file is removed and an existing file at @p path is left untouched (a
+ * process killed mid-save may leave its temporary file behind, never a
+ * partial @p path).
+ *
+ * @param session In: the session; it is not changed.
+ * @param path In: destination path (UTF-8, NUL-terminated). Not kept.
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL @p session or @p path,
+ *         a compression level outside zstd's range, a nonzero reserved
+ *         field); ::KVRT_ERR_STRUCT_SIZE; ::KVRT_ERR_IO (the folder is not
+ *         writable, a write, sync or rename failed; the message names the
+ *         path and the system's reason); ::KVRT_ERR_UNSUPPORTED (a session
+ *         with quantized (q8, q4) KV formats: only f32 and f16 sessions can
+ *         be saved so far); ::KVRT_ERR_OUT_OF_MEMORY. On error the session is
+ *         unchanged.
+ * @note One thread at a time per session (the session is read, not changed,
+ *       but it must not be decoding meanwhile).
+ */
+KVRT_API kvrt_status kvrt_session_save(kvrt_session* session, const char* path,
+                                       const kvrt_snapshot_params* params);
+
+/**
+ * @brief Loads a session saved by kvrt_session_save() (or any save function)
+ *        from a file.
+ *
+ * The new session has the saved formats, n_ctx and max_batch, the saved
+ * tokens and KV bytes, and the saved sampler settings and generator state:
+ * decoding and sampling continue exactly as the saved session would have
+ * (bitwise-identical logits on the same runtime settings).
+ *
+ * @param model In: the model; it must be the one the snapshot was made with
+ *              (same fingerprint of weights and hyper-parameters). The new
+ *              session keeps a reference to it.
+ * @param path In: file path (UTF-8, NUL-terminated). Not kept.
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @param out Out: the new session, owned by the caller
+ *            (kvrt_session_destroy()). Set to NULL on error.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL arguments, a nonzero
+ *         reserved field); ::KVRT_ERR_STRUCT_SIZE; ::KVRT_ERR_IO (cannot
+ *         open or read the file); ::KVRT_ERR_CORRUPT (not a snapshot,
+ *         truncated, a checksum or a value that does not hold; the message
+ *         names the field or section and the offset);
+ *         ::KVRT_ERR_VERSION (a newer format version or a required feature
+ *         this library does not know); ::KVRT_ERR_MODEL_MISMATCH (made with
+ *         another model, even one of the same shapes);
+ *         ::KVRT_ERR_UNSUPPORTED (the runtime's block_tokens differs from the
+ *         snapshot's, both named; a window kind or format this build does not
+ *         support); ::KVRT_ERR_OUT_OF_MEMORY (the runtime's KV budget cannot
+ *         hold the session's blocks, or host memory ran out). On error
+ *         nothing stays allocated.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_session_load(kvrt_model* model, const char* path,
+                                       const kvrt_snapshot_params* params,
+                                       kvrt_session** out);
+
+/**
+ * @brief Saves a session into a caller's buffer.
+ *
+ * With @p buffer NULL and @p capacity 0 it only computes the exact size and
+ * returns ::KVRT_OK. The size does not change while the session is not
+ * changed and the parameters are the same.
+ *
+ * @param session In: the session; it is not changed.
+ * @param buffer Out: room for @p capacity bytes, or NULL with @p capacity 0.
+ * @param capacity In: bytes of room in @p buffer.
+ * @param size Out: bytes written, or needed (size query,
+ *             ::KVRT_ERR_BUFFER_TOO_SMALL).
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL @p session or
+ *         @p size, NULL @p buffer with a nonzero @p capacity, a bad level or
+ *         reserved field); ::KVRT_ERR_STRUCT_SIZE; ::KVRT_ERR_BUFFER_TOO_SMALL
+ *         (@p size holds the bytes needed; the buffer's contents are then
+ *         unspecified); ::KVRT_ERR_UNSUPPORTED (as kvrt_session_save());
+ *         ::KVRT_ERR_OUT_OF_MEMORY. On error the session is unchanged.
+ * @note One thread at a time per session.
+ */
+KVRT_API kvrt_status kvrt_session_save_buffer(kvrt_session* session, void* buffer,
+                                              size_t capacity, size_t* size,
+                                              const kvrt_snapshot_params* params);
+
+/**
+ * @brief Loads a session from a snapshot in memory (see kvrt_session_load()).
+ *
+ * The buffer must hold exactly one snapshot: trailing bytes are refused.
+ *
+ * @param model In: the model the snapshot was made with; the session keeps a
+ *              reference to it.
+ * @param buffer In: @p size bytes; not kept, not modified.
+ * @param size In: bytes in @p buffer.
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @param out Out: the new session, owned by the caller. Set to NULL on error.
+ * @return As kvrt_session_load(), without ::KVRT_ERR_IO.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_session_load_buffer(kvrt_model* model, const void* buffer,
+                                              size_t size,
+                                              const kvrt_snapshot_params* params,
+                                              kvrt_session** out);
+
+/**
+ * @brief Saves a session through a write callback (a save archive, a
+ *        key-value store, a socket).
+ *
+ * The snapshot is produced in pieces (at most about 1 MiB each) while it is
+ * compressed, so memory use does not grow with the session's length.
+ *
+ * @param session In: the session; it is not changed.
+ * @param write In: called with each piece, in order.
+ * @param user In: passed to @p write; may be NULL.
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL @p session or
+ *         @p write, a bad level or reserved field); ::KVRT_ERR_STRUCT_SIZE;
+ *         ::KVRT_ERR_IO (@p write returned nonzero; no further call is made;
+ *         what was written so far is incomplete and a load of it fails with
+ *         ::KVRT_ERR_CORRUPT); ::KVRT_ERR_OUT_OF_MEMORY. On error the session
+ *         is unchanged and the library holds nothing from the call;
+ *         ::KVRT_ERR_UNSUPPORTED (as kvrt_session_save()).
+ * @note One thread at a time per session; @p write runs on the calling
+ *       thread and must not call kvrt functions on the same session.
+ */
+KVRT_API kvrt_status kvrt_session_save_stream(kvrt_session* session, kvrt_write_fn write,
+                                              void* user,
+                                              const kvrt_snapshot_params* params);
+
+/**
+ * @brief Loads a session through a read callback (see kvrt_session_load()).
+ *
+ * Exactly the snapshot's bytes are requested: the load never reads past the
+ * snapshot's end record, so a snapshot may be followed by other data in the
+ * caller's stream.
+ *
+ * @param model In: the model the snapshot was made with; the session keeps a
+ *              reference to it.
+ * @param read In: called until the snapshot is complete.
+ * @param user In: passed to @p read; may be NULL.
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @param out Out: the new session, owned by the caller. Set to NULL on error.
+ * @return As kvrt_session_load(); ::KVRT_ERR_IO when @p read returns a
+ *         negative value or more bytes than asked; ::KVRT_ERR_CORRUPT when it
+ *         reports the end before the snapshot is complete.
+ * @note Any thread may call it; @p read runs on the calling thread.
+ */
+KVRT_API kvrt_status kvrt_session_load_stream(kvrt_model* model, kvrt_read_fn read,
+                                              void* user,
+                                              const kvrt_snapshot_params* params,
+                                              kvrt_session** out);
 
 #ifdef __cplusplus
 } /* extern "C" */

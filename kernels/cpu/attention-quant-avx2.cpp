@@ -41,103 +41,194 @@ inline __m256 load_h(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
 }
 
-template <typename Load, typename Tail>
-inline void scores(uint32_t n, uint32_t hd, const float* qs, float bias, float* s, Load load,
-                   Tail tail) {
+constexpr uint32_t C = kQAttnChunk;
+constexpr uint32_t kMaxNg = kQAttnGroupChunk;
+
+// K query heads (1..4) at once: each row of codes is converted once and
+// multiplied with every head's folded query.
+template <int K, typename Load, typename Tail>
+inline void scores_k(uint32_t n, uint32_t hd, const float* qs, const float* bias, float* s,
+                     Load load, Tail tail) {
   const uint32_t h8 = hd & ~7u;
-  uint32_t t = 0;
-  if (h8 == hd && hd >= 16) {
-    // Four rows at a time share each query load and one reduction.
-    for (; t + 4 <= n; t += 4) {
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (uint32_t c = 0; c < hd; c += 8) {
-        const __m256 q = _mm256_loadu_ps(qs + c);
-        a0 = _mm256_fmadd_ps(q, load(t, c), a0);
-        a1 = _mm256_fmadd_ps(q, load(t + 1, c), a1);
-        a2 = _mm256_fmadd_ps(q, load(t + 2, c), a2);
-        a3 = _mm256_fmadd_ps(q, load(t + 3, c), a3);
-      }
-      _mm_storeu_ps(s + t, _mm_add_ps(hsum4(a0, a1, a2, a3), _mm_set1_ps(bias)));
+  for (uint32_t t = 0; t < n; ++t) {
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+    for (uint32_t c = 0; c < h8; c += 8) {
+      const __m256 x = load(t, c);
+      for (int g = 0; g < K; ++g) a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qs + g * hd + c), x, a[g]);
     }
-  }
-  for (; t < n; ++t) {
-    __m256 a = _mm256_setzero_ps();
-    for (uint32_t c = 0; c < h8; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(qs + c), load(t, c), a);
-    float sum = hsum(a);
-    for (uint32_t c = h8; c < hd; ++c) sum += qs[c] * tail(t, c);
-    s[t] = sum + bias;
+    float sum[4];
+    _mm_storeu_ps(sum, hsum4(a[0], a[1], a[2], a[3]));
+    for (int g = 0; g < K; ++g) {
+      float v = sum[g] + bias[g];
+      for (uint32_t c = h8; c < hd; ++c) v += qs[g * hd + c] * tail(t, c);
+      s[g * C + t] = v;
+    }
   }
 }
 
-void k_i8(const int8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs, float bias,
-          float* s) {
+template <typename Load, typename Tail>
+inline void scores(uint32_t n, uint32_t hd, const float* qs, const float* bias, uint32_t ng,
+                   float* s, Load load, Tail tail) {
+  for (uint32_t g = 0; g < ng; g += 4) {
+    const float* q = qs + (size_t)g * hd;
+    switch (ng - g) {
+      case 1: scores_k<1>(n, hd, q, bias + g, s + g * C, load, tail); break;
+      case 2: scores_k<2>(n, hd, q, bias + g, s + g * C, load, tail); break;
+      case 3: scores_k<3>(n, hd, q, bias + g, s + g * C, load, tail); break;
+      default: scores_k<4>(n, hd, q, bias + g, s + g * C, load, tail); break;
+    }
+  }
+}
+
+void k_i8(const int8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
+          const float* bias, uint32_t ng, float* s) {
   scores(
-      n, hd, qs, bias, s, [&](uint32_t t, uint32_t c) { return load_i8(codes + t * rb + c); },
+      n, hd, qs, bias, ng, s, [&](uint32_t t, uint32_t c) { return load_i8(codes + t * rb + c); },
       [&](uint32_t t, uint32_t c) { return (float)codes[t * rb + c]; });
 }
 
-void k_u4(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs, float bias,
-          float* s) {
+void k_u4(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
+          const float* bias, uint32_t ng, float* s) {
   scores(
-      n, hd, qs, bias, s, [&](uint32_t t, uint32_t c) { return load_u4(codes + t * rb + c / 2); },
+      n, hd, qs, bias, ng, s,
+      [&](uint32_t t, uint32_t c) { return load_u4(codes + t * rb + c / 2); },
       [&](uint32_t t, uint32_t c) { return (float)kvq_get4(codes + t * rb, c); });
 }
 
-void k_f16(const uint16_t* k, uint32_t n, uint32_t hd, const float* q, float* s) {
+void k_f16(const uint16_t* k, uint32_t n, uint32_t hd, const float* q, uint32_t ng, float* s) {
+  const float zero[kMaxNg] = {};  // no bias: f16 keys are not folded
   scores(
-      n, hd, q, 0.0f, s, [&](uint32_t t, uint32_t c) { return load_h(k + (size_t)t * hd + c); },
+      n, hd, q, zero, ng, s, [&](uint32_t t, uint32_t c) { return load_h(k + (size_t)t * hd + c); },
       [&](uint32_t t, uint32_t c) { return f16_to_f32(k[(size_t)t * hd + c]); });
 }
 
-void v_i8(const int8_t* codes, size_t rb, const uint16_t* scales, uint32_t ng, uint32_t n,
-          uint32_t hd, const float* p, float* acc) {
-  const uint32_t gs = kvq_group(hd);
-  for (uint32_t t = 0; t < n; ++t) {
-    const int8_t* r = codes + t * rb;
-    for (uint32_t g = 0; g < ng; ++g) {
-      const float w = p[t] * f16_to_f32(scales[t * ng + g]);
-      const __m256 wv = _mm256_set1_ps(w);
-      const uint32_t c0 = g * gs, c1 = c0 + gs < hd ? c0 + gs : hd;
-      uint32_t c = c0;
-      for (; c + 8 <= c1; c += 8)
-        _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(wv, load_i8(r + c), _mm256_loadu_ps(acc + c)));
-      for (; c < c1; ++c) acc[c] += w * (float)r[c];
+// acc[g][c0..c1) += sum_t w[g][t] * x(t, c) for K heads (1..4); channels in
+// steps of 8 keep the K accumulators in registers across all n tokens.
+template <int K, typename Load, typename Tail>
+inline void accum_k(uint32_t n, uint32_t hd, uint32_t c0, uint32_t c1, const float* w, float* acc,
+                    Load load, Tail tail) {
+  uint32_t c = c0;
+  for (; c + 8 <= c1; c += 8) {
+    __m256 a[4];
+    for (int g = 0; g < K; ++g) a[g] = _mm256_loadu_ps(acc + g * hd + c);
+    for (uint32_t t = 0; t < n; ++t) {
+      const __m256 x = load(t, c);
+      for (int g = 0; g < K; ++g) a[g] = _mm256_fmadd_ps(_mm256_set1_ps(w[g * C + t]), x, a[g]);
     }
+    for (int g = 0; g < K; ++g) _mm256_storeu_ps(acc + g * hd + c, a[g]);
+  }
+  for (; c < c1; ++c)
+    for (int g = 0; g < K; ++g) {
+      float v = 0.0f;
+      for (uint32_t t = 0; t < n; ++t) v += w[g * C + t] * tail(t, c);
+      acc[g * hd + c] += v;
+    }
+}
+
+template <typename Load, typename Tail>
+inline void accum(uint32_t n, uint32_t hd, uint32_t c0, uint32_t c1, const float* w, uint32_t ng,
+                  float* acc, Load load, Tail tail) {
+  for (uint32_t g = 0; g < ng; g += 4) {
+    float* a = acc + (size_t)g * hd;
+    switch (ng - g) {
+      case 1: accum_k<1>(n, hd, c0, c1, w + g * C, a, load, tail); break;
+      case 2: accum_k<2>(n, hd, c0, c1, w + g * C, a, load, tail); break;
+      case 3: accum_k<3>(n, hd, c0, c1, w + g * C, a, load, tail); break;
+      default: accum_k<4>(n, hd, c0, c1, w + g * C, a, load, tail); break;
+    }
+  }
+}
+
+void v_i8(const int8_t* codes, size_t rb, const uint16_t* scales, uint32_t ngv, uint32_t n,
+          uint32_t hd, const float* p, uint32_t ng, float* acc) {
+  const uint32_t gs = kvq_group(hd);
+  float w[kMaxNg * C];
+  for (uint32_t v = 0; v < ngv; ++v) {
+    for (uint32_t g = 0; g < ng; ++g)
+      for (uint32_t t = 0; t < n; ++t) w[g * C + t] = p[g * C + t] * _cvtsh_ss(scales[t * ngv + v]);
+    const uint32_t c0 = v * gs, c1 = c0 + gs < hd ? c0 + gs : hd;
+    accum(
+        n, hd, c0, c1, w, ng, acc, [&](uint32_t t, uint32_t c) { return load_i8(codes + t * rb + c); },
+        [&](uint32_t t, uint32_t c) { return (float)codes[t * rb + c]; });
   }
 }
 
 void v_u4(const uint8_t* codes, size_t rb, const uint16_t* scales, const uint16_t* mins,
-          uint32_t ng, uint32_t n, uint32_t hd, const float* p, float* acc) {
+          uint32_t ngv, uint32_t n, uint32_t hd, const float* p, uint32_t ng, float* acc) {
   const uint32_t gs = kvq_group(hd);
-  for (uint32_t t = 0; t < n; ++t) {
-    const uint8_t* r = codes + t * rb;
+  float w[kMaxNg * C];
+  for (uint32_t v = 0; v < ngv; ++v) {
+    const uint32_t c0 = v * gs, c1 = c0 + gs < hd ? c0 + gs : hd;
     for (uint32_t g = 0; g < ng; ++g) {
-      const float w = p[t] * f16_to_f32(scales[t * ng + g]);
-      const float b = p[t] * f16_to_f32(mins[t * ng + g]);
-      const __m256 wv = _mm256_set1_ps(w), bv = _mm256_set1_ps(b);
-      const uint32_t c0 = g * gs, c1 = c0 + gs < hd ? c0 + gs : hd;
-      uint32_t c = c0;
-      // Groups start at multiples of 32 (or 0), so c is even: whole bytes.
-      for (; c + 8 <= c1; c += 8)
-        _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_fmadd_ps(wv, load_u4(r + c / 2), bv),
-                                                _mm256_loadu_ps(acc + c)));
-      for (; c < c1; ++c) acc[c] += w * (float)kvq_get4(r, c) + b;
+      // The minimum adds the same sum_t p[t] min[t] to every channel of the group.
+      float b = 0.0f;
+      for (uint32_t t = 0; t < n; ++t) {
+        w[g * C + t] = p[g * C + t] * _cvtsh_ss(scales[t * ngv + v]);
+        b += p[g * C + t] * _cvtsh_ss(mins[t * ngv + v]);
+      }
+      for (uint32_t c = c0; c < c1; ++c) acc[g * hd + c] += b;
     }
+    // Groups start at multiples of 32 (or 0), so c is even: whole bytes.
+    accum(
+        n, hd, c0, c1, w, ng, acc,
+        [&](uint32_t t, uint32_t c) { return load_u4(codes + t * rb + c / 2); },
+        [&](uint32_t t, uint32_t c) { return (float)kvq_get4(codes + t * rb, c); });
   }
 }
 
-void v_f16(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, float* acc) {
-  const uint32_t h8 = hd & ~7u;
-  for (uint32_t t = 0; t < n; ++t) {
-    const uint16_t* r = v + (size_t)t * hd;
-    const __m256 pv = _mm256_set1_ps(p[t]);
-    for (uint32_t c = 0; c < h8; c += 8)
-      _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(pv, load_h(r + c), _mm256_loadu_ps(acc + c)));
-    for (uint32_t c = h8; c < hd; ++c) acc[c] += p[t] * f16_to_f32(r[c]);
-  }
+void v_f16(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, uint32_t ng, float* acc) {
+  accum(
+      n, hd, 0, hd, p, ng, acc, [&](uint32_t t, uint32_t c) { return load_h(v + (size_t)t * hd + c); },
+      [&](uint32_t t, uint32_t c) { return f16_to_f32(v[(size_t)t * hd + c]); });
 }
 
-const QAttnOps kAvx2Ops = {k_i8, k_u4, k_f16, v_i8, v_u4, v_f16};
+// e^x for x <= 0: 2^k e^r with r = x - k ln 2 in [-ln2/2, ln2/2] and a
+// degree-6 Taylor polynomial (relative error below 2e-7); x < -87 gives 0.
+inline __m256 exp_neg(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f);
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lo);
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // ln 2 split in a part exact in float and a small remainder.
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.428606765330187e-06f), r);
+  __m256 y = _mm256_set1_ps(1.0f / 720);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 120));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 24));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 6));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+float exp_sum(const float* s, float m, uint32_t n, float* p) {
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256 acc = _mm256_setzero_ps();
+  uint32_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
+    _mm256_storeu_ps(p + t, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = hsum(acc);
+  for (; t < n; ++t) {
+    p[t] = __builtin_expf(s[t] - m);
+    sum += p[t];
+  }
+  return sum;
+}
+
+void cvt_f16(const uint16_t* src, uint32_t n, float* dst) {
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_h(src + i));
+  for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i]);
+}
+
+const QAttnOps kAvx2Ops = {k_i8, k_u4, k_f16, v_i8, v_u4, v_f16, exp_sum, cvt_f16};
 
 }  // namespace
 

@@ -13,64 +13,88 @@ namespace kvrt_k {
 namespace {
 
 // Scalar inner loops: the reference the SIMD versions are tested against.
+constexpr uint32_t C = kQAttnChunk;
+
 void k_i8_scalar(const int8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
-                 float bias, float* s) {
-  for (uint32_t t = 0; t < n; ++t) {
-    const int8_t* r = codes + t * rb;
-    float sum = 0.0f;
-    for (uint32_t c = 0; c < hd; ++c) sum += qs[c] * (float)r[c];
-    s[t] = sum + bias;
-  }
+                 const float* bias, uint32_t ng, float* s) {
+  for (uint32_t g = 0; g < ng; ++g)
+    for (uint32_t t = 0; t < n; ++t) {
+      const int8_t* r = codes + t * rb;
+      float sum = 0.0f;
+      for (uint32_t c = 0; c < hd; ++c) sum += qs[g * hd + c] * (float)r[c];
+      s[g * C + t] = sum + bias[g];
+    }
 }
 
 void k_u4_scalar(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
-                 float bias, float* s) {
-  for (uint32_t t = 0; t < n; ++t) {
-    const uint8_t* r = codes + t * rb;
-    float sum = 0.0f;
-    for (uint32_t c = 0; c < hd; ++c) sum += qs[c] * (float)kvq_get4(r, c);
-    s[t] = sum + bias;
-  }
-}
-
-void k_f16_scalar(const uint16_t* k, uint32_t n, uint32_t hd, const float* q, float* s) {
-  for (uint32_t t = 0; t < n; ++t) {
-    float sum = 0.0f;
-    for (uint32_t c = 0; c < hd; ++c) sum += q[c] * f16_to_f32(k[t * hd + c]);
-    s[t] = sum;
-  }
-}
-
-void v_i8_scalar(const int8_t* codes, size_t rb, const uint16_t* scales, uint32_t ng, uint32_t n,
-                 uint32_t hd, const float* p, float* acc) {
-  const uint32_t gs = kvq_group(hd);
-  for (uint32_t t = 0; t < n; ++t)
-    for (uint32_t g = 0; g < ng; ++g) {
-      const float w = p[t] * f16_to_f32(scales[t * ng + g]);
-      const uint32_t c1 = (g + 1) * gs < hd ? (g + 1) * gs : hd;
-      for (uint32_t c = g * gs; c < c1; ++c) acc[c] += w * (float)codes[t * rb + c];
+                 const float* bias, uint32_t ng, float* s) {
+  for (uint32_t g = 0; g < ng; ++g)
+    for (uint32_t t = 0; t < n; ++t) {
+      const uint8_t* r = codes + t * rb;
+      float sum = 0.0f;
+      for (uint32_t c = 0; c < hd; ++c) sum += qs[g * hd + c] * (float)kvq_get4(r, c);
+      s[g * C + t] = sum + bias[g];
     }
+}
+
+void k_f16_scalar(const uint16_t* k, uint32_t n, uint32_t hd, const float* q, uint32_t ng,
+                  float* s) {
+  for (uint32_t g = 0; g < ng; ++g)
+    for (uint32_t t = 0; t < n; ++t) {
+      float sum = 0.0f;
+      for (uint32_t c = 0; c < hd; ++c) sum += q[g * hd + c] * f16_to_f32(k[t * hd + c]);
+      s[g * C + t] = sum;
+    }
+}
+
+void v_i8_scalar(const int8_t* codes, size_t rb, const uint16_t* scales, uint32_t ngv, uint32_t n,
+                 uint32_t hd, const float* p, uint32_t ng, float* acc) {
+  const uint32_t gs = kvq_group(hd);
+  for (uint32_t g = 0; g < ng; ++g)
+    for (uint32_t t = 0; t < n; ++t)
+      for (uint32_t v = 0; v < ngv; ++v) {
+        const float w = p[g * C + t] * f16_to_f32(scales[t * ngv + v]);
+        const uint32_t c1 = (v + 1) * gs < hd ? (v + 1) * gs : hd;
+        for (uint32_t c = v * gs; c < c1; ++c) acc[g * hd + c] += w * (float)codes[t * rb + c];
+      }
 }
 
 void v_u4_scalar(const uint8_t* codes, size_t rb, const uint16_t* scales, const uint16_t* mins,
-                 uint32_t ng, uint32_t n, uint32_t hd, const float* p, float* acc) {
+                 uint32_t ngv, uint32_t n, uint32_t hd, const float* p, uint32_t ng, float* acc) {
   const uint32_t gs = kvq_group(hd);
-  for (uint32_t t = 0; t < n; ++t)
-    for (uint32_t g = 0; g < ng; ++g) {
-      const float w = p[t] * f16_to_f32(scales[t * ng + g]);
-      const float b = p[t] * f16_to_f32(mins[t * ng + g]);
-      const uint32_t c1 = (g + 1) * gs < hd ? (g + 1) * gs : hd;
-      for (uint32_t c = g * gs; c < c1; ++c) acc[c] += w * (float)kvq_get4(codes + t * rb, c) + b;
-    }
+  for (uint32_t g = 0; g < ng; ++g)
+    for (uint32_t t = 0; t < n; ++t)
+      for (uint32_t v = 0; v < ngv; ++v) {
+        const float w = p[g * C + t] * f16_to_f32(scales[t * ngv + v]);
+        const float b = p[g * C + t] * f16_to_f32(mins[t * ngv + v]);
+        const uint32_t c1 = (v + 1) * gs < hd ? (v + 1) * gs : hd;
+        for (uint32_t c = v * gs; c < c1; ++c)
+          acc[g * hd + c] += w * (float)kvq_get4(codes + t * rb, c) + b;
+      }
 }
 
-void v_f16_scalar(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, float* acc) {
-  for (uint32_t t = 0; t < n; ++t)
-    for (uint32_t c = 0; c < hd; ++c) acc[c] += p[t] * f16_to_f32(v[t * hd + c]);
+void v_f16_scalar(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, uint32_t ng,
+                  float* acc) {
+  for (uint32_t g = 0; g < ng; ++g)
+    for (uint32_t t = 0; t < n; ++t)
+      for (uint32_t c = 0; c < hd; ++c) acc[g * hd + c] += p[g * C + t] * f16_to_f32(v[t * hd + c]);
 }
 
-const QAttnOps kScalarOps = {k_i8_scalar, k_u4_scalar, k_f16_scalar,
-                             v_i8_scalar, v_u4_scalar, v_f16_scalar};
+float exp_sum_scalar(const float* s, float m, uint32_t n, float* p) {
+  float sum = 0.0f;
+  for (uint32_t t = 0; t < n; ++t) {
+    p[t] = expf(s[t] - m);
+    sum += p[t];
+  }
+  return sum;
+}
+
+void cvt_f16_scalar(const uint16_t* src, uint32_t n, float* dst) {
+  for (uint32_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+
+const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,    k_f16_scalar,  v_i8_scalar,
+                             v_u4_scalar,  v_f16_scalar,   exp_sum_scalar, cvt_f16_scalar};
 
 const QAttnOps& ops() {
   if (cpu_isa() >= CpuIsa::avx2) {
@@ -81,12 +105,10 @@ const QAttnOps& ops() {
 }
 
 // Query heads handled together per pass over a block, so each block is read
-// from memory once for the whole group.
-constexpr uint32_t kGroupChunk = 16;
-// Scores computed per softmax update.
-constexpr uint32_t kChunk = 64;
+// from memory and its codes converted once for the whole group.
+constexpr uint32_t kGroupChunk = kQAttnGroupChunk;
 
-// Online softmax of query heads [h0, h0 + ng) of one query over [t0, t1):
+// Online softmax of query heads [g0, g0 + ngh) of one query over [t0, t1):
 // m/l per head, unnormalized acc (hd floats per head, zeroed here).
 void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi, uint32_t g0,
           uint32_t ngh, uint32_t t0, uint32_t t1, float* m, float* l, float* acc) {
@@ -98,9 +120,11 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
   for (uint32_t g = 0; g < ngh; ++g) {
     m[g] = -INFINITY;
     l[g] = 0.0f;
-    memset(acc + (size_t)g * hd, 0, hd * sizeof(float));
   }
-  float qs[kQAttnMaxHeadDim], s[kChunk], p[kChunk];
+  memset(acc, 0, (size_t)ngh * hd * sizeof(float));
+  const float* q0 = a.q + (size_t)qi * a.q_stride + (size_t)(kv_head * group + g0) * hd;
+  float qs[kGroupChunk * kQAttnMaxHeadDim], bias[kGroupChunk], s[kGroupChunk * C],
+      p[kGroupChunk * C], kscale[2 * kQAttnMaxHeadDim];
   for (uint32_t b = t0 / bt; t0 < t1 && b * bt < t1; ++b) {
     const bool quant = b < qa.n_quant_blocks;
     const uint8_t* kp;
@@ -116,52 +140,52 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
     const uint16_t* vsc = (const uint16_t*)(vp + kvq_scale_offset(L.v_format, bt, hd));
     const uint16_t* vmin = vsc + (size_t)bt * ngv;
     const uint32_t lo = b * bt > t0 ? b * bt : t0, hi = (b + 1) * bt < t1 ? (b + 1) * bt : t1;
+    // Fold the per-channel key scales (and, for q4, the minimums) into the
+    // query once per block: s = sum_c (q_c scale_c) code_c + sum_c q_c min_c.
+    if (quant) op.cvt_f16(ksc, L.k_format == KV_Q8 ? hd : 2 * hd, kscale);
     for (uint32_t g = 0; g < ngh; ++g) {
-      const float* q = a.q + (size_t)qi * a.q_stride + (size_t)(kv_head * group + g0 + g) * hd;
-      // Fold the per-channel key scales (and, for q4, the minimums) into the
-      // query once per block: s = sum_c (q_c scale_c) code_c + sum_c q_c min_c.
-      float bias = 0.0f;
+      const float* q = q0 + (size_t)g * hd;
+      float* o = qs + (size_t)g * hd;
+      bias[g] = 0.0f;
       if (!quant) {
-        for (uint32_t c = 0; c < hd; ++c) qs[c] = q[c] * a.scale;
-      } else if (L.k_format == KV_Q8) {
-        for (uint32_t c = 0; c < hd; ++c) qs[c] = q[c] * a.scale * f16_to_f32(ksc[c]);
+        for (uint32_t c = 0; c < hd; ++c) o[c] = q[c] * a.scale;
       } else {
-        for (uint32_t c = 0; c < hd; ++c) {
-          qs[c] = q[c] * a.scale * f16_to_f32(ksc[c]);
-          bias += q[c] * a.scale * f16_to_f32(ksc[hd + c]);
+        for (uint32_t c = 0; c < hd; ++c) o[c] = q[c] * a.scale * kscale[c];
+        if (L.k_format == KV_Q4) {
+          float bsum = 0.0f;
+          for (uint32_t c = 0; c < hd; ++c) bsum += q[c] * kscale[hd + c];
+          bias[g] = bsum * a.scale;
         }
       }
-      float* ac = acc + (size_t)g * hd;
-      for (uint32_t u0 = lo; u0 < hi; u0 += kChunk) {
-        const uint32_t n = hi - u0 < kChunk ? hi - u0 : kChunk, j = u0 - b * bt;
-        if (!quant)
-          op.k_f16((const uint16_t*)kp + (size_t)j * hd, n, hd, qs, s);
-        else if (L.k_format == KV_Q8)
-          op.k_i8((const int8_t*)kp + j * rbk, rbk, n, hd, qs, bias, s);
-        else
-          op.k_u4(kp + j * rbk, rbk, n, hd, qs, bias, s);
+    }
+    for (uint32_t u0 = lo; u0 < hi; u0 += C) {
+      const uint32_t n = hi - u0 < C ? hi - u0 : C, j = u0 - b * bt;
+      if (!quant)
+        op.k_f16((const uint16_t*)kp + (size_t)j * hd, n, hd, qs, ngh, s);
+      else if (L.k_format == KV_Q8)
+        op.k_i8((const int8_t*)kp + j * rbk, rbk, n, hd, qs, bias, ngh, s);
+      else
+        op.k_u4(kp + j * rbk, rbk, n, hd, qs, bias, ngh, s);
+      for (uint32_t g = 0; g < ngh; ++g) {
+        const float* sg = s + g * C;
         float mx = m[g];
-        for (uint32_t t = 0; t < n; ++t) mx = s[t] > mx ? s[t] : mx;
+        for (uint32_t t = 0; t < n; ++t) mx = sg[t] > mx ? sg[t] : mx;
         if (mx > m[g]) {
           const float alpha = m[g] == -INFINITY ? 0.0f : expf(m[g] - mx);
+          float* ac = acc + (size_t)g * hd;
           for (uint32_t c = 0; c < hd; ++c) ac[c] *= alpha;
           l[g] *= alpha;
           m[g] = mx;
         }
-        float sum = 0.0f;
-        for (uint32_t t = 0; t < n; ++t) {
-          p[t] = expf(s[t] - m[g]);
-          sum += p[t];
-        }
-        l[g] += sum;
-        if (!quant)
-          op.v_f16((const uint16_t*)vp + (size_t)j * hd, n, hd, p, ac);
-        else if (L.v_format == KV_Q8)
-          op.v_i8((const int8_t*)vp + j * rbv, rbv, vsc + (size_t)j * ngv, ngv, n, hd, p, ac);
-        else
-          op.v_u4(vp + j * rbv, rbv, vsc + (size_t)j * ngv, vmin + (size_t)j * ngv, ngv, n, hd, p,
-                  ac);
+        l[g] += op.exp_sum(sg, m[g], n, p + g * C);
       }
+      if (!quant)
+        op.v_f16((const uint16_t*)vp + (size_t)j * hd, n, hd, p, ngh, acc);
+      else if (L.v_format == KV_Q8)
+        op.v_i8((const int8_t*)vp + j * rbv, rbv, vsc + (size_t)j * ngv, ngv, n, hd, p, ngh, acc);
+      else
+        op.v_u4(vp + j * rbv, rbv, vsc + (size_t)j * ngv, vmin + (size_t)j * ngv, ngv, n, hd, p,
+                ngh, acc);
     }
   }
 }

@@ -34,21 +34,32 @@ void attention_quant(const QAttnArgs& a, uint32_t kv_head);
 void attention_quant_partial(const QAttnArgs& a, uint32_t kv_head, uint32_t qi, uint32_t t0,
                              uint32_t t1, AttnPartial* part, float* acc);
 
-// The inner loops, one table per ISA level (scalar reference, AVX2).
-// k_*: s[t] = bias + sum_c qs[c] * key(t, c) for n rows of codes (row stride
-// rb bytes). v_*: acc[c] += sum_t p[t] * value(t, c), with per-token group
-// scales (ng per token) and, for q4, minimums.
+// Scores per softmax update; score and weight arrays hold kQAttnChunk floats
+// per query head.
+constexpr uint32_t kQAttnChunk = 64;
+// Query heads of one KV head processed per pass over a block (ng <= this).
+constexpr uint32_t kQAttnGroupChunk = 8;
+
+// The inner loops, one table per ISA level (scalar reference, AVX2). Each
+// works on `ng` query heads at once so a row of codes is converted once.
+// k_*: s[g * kQAttnChunk + t] = bias[g] + sum_c qs[g * hd + c] * key(t, c)
+// for n rows of codes (row stride rb bytes). v_*: acc[g * hd + c] +=
+// sum_t p[g * kQAttnChunk + t] * value(t, c), with per-token group scales
+// (ngv per token) and, for q4, minimums. exp_sum: p[t] = exp(s[t] - m),
+// returns the sum. cvt_f16 converts n halves.
 struct QAttnOps {
   void (*k_i8)(const int8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
-               float bias, float* s);
+               const float* bias, uint32_t ng, float* s);
   void (*k_u4)(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
-               float bias, float* s);
-  void (*k_f16)(const uint16_t* k, uint32_t n, uint32_t hd, const float* q, float* s);
-  void (*v_i8)(const int8_t* codes, size_t rb, const uint16_t* scales, uint32_t ng, uint32_t n,
-               uint32_t hd, const float* p, float* acc);
+               const float* bias, uint32_t ng, float* s);
+  void (*k_f16)(const uint16_t* k, uint32_t n, uint32_t hd, const float* q, uint32_t ng, float* s);
+  void (*v_i8)(const int8_t* codes, size_t rb, const uint16_t* scales, uint32_t ngv, uint32_t n,
+               uint32_t hd, const float* p, uint32_t ng, float* acc);
   void (*v_u4)(const uint8_t* codes, size_t rb, const uint16_t* scales, const uint16_t* mins,
-               uint32_t ng, uint32_t n, uint32_t hd, const float* p, float* acc);
-  void (*v_f16)(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, float* acc);
+               uint32_t ngv, uint32_t n, uint32_t hd, const float* p, uint32_t ng, float* acc);
+  void (*v_f16)(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, uint32_t ng, float* acc);
+  float (*exp_sum)(const float* s, float m, uint32_t n, float* p);
+  void (*cvt_f16)(const uint16_t* src, uint32_t n, float* dst);  // scales to f32
 };
 
 const QAttnOps& qattn_ops_scalar();

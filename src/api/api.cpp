@@ -11,6 +11,8 @@
 #include "engine/runtime.hpp"
 #include "engine/session.hpp"
 #include "kvrt/kvrt.h"
+#include "snapshot/snapshot-format.hpp"
+#include "snapshot/snapshot-io.hpp"
 #include "util/error.hpp"
 
 struct kvrt_runtime {
@@ -249,8 +251,10 @@ KVRT_API kvrt_status kvrt_model_get_info(const kvrt_model* model, kvrt_model_inf
     s.eos_token = m.tokenizer().eos();
     s.n_params = m.n_params;
     s.weight_bytes = m.weight_bytes;
+    s.decode_weight_bytes = m.decode_weight_bytes;
     for (uint32_t f = 0; f < KVRT_KV_FORMAT_COUNT; ++f)
-      s.kv_bytes_per_token[f] = kvrt::kv_bytes_per_token(hp, f, f);
+      s.kv_bytes_per_token[f] =
+          kvrt::kv_bytes_per_token(hp, f, f, model->m->runtime->config().block_tokens);
     copy_text(s.architecture, sizeof s.architecture, hp.architecture.c_str());
     copy_text(s.name, sizeof s.name, hp.name.c_str());
     std::memcpy(info, &s, n);
@@ -264,10 +268,13 @@ KVRT_API kvrt_status kvrt_model_kv_bytes_per_token(const kvrt_model* model, uint
     require(bytes, "bytes");
     if (format_k >= KVRT_KV_FORMAT_COUNT || format_v >= KVRT_KV_FORMAT_COUNT)
       kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "unknown KV format (keys %u, values %u)", format_k, format_v);
-    uint64_t b = kvrt::kv_bytes_per_token(model->m->model->hparams(), format_k, format_v);
+    uint64_t b = kvrt::kv_bytes_per_token(model->m->model->hparams(), format_k, format_v,
+                                          model->m->runtime->config().block_tokens);
     if (b == 0)
-      kvrt::fail(KVRT_ERR_UNSUPPORTED, "KV formats %u/%u are not supported by this build", format_k,
-                 format_v);
+      kvrt::fail(KVRT_ERR_UNSUPPORTED,
+                 "KV formats %u/%u (keys/values) are not supported: bf16 is not built, and "
+                 "f32/f16 cannot be paired with q8/q4",
+                 format_k, format_v);
     *bytes = b;
   });
 }
@@ -442,6 +449,121 @@ KVRT_API kvrt_status kvrt_session_request_abort(kvrt_session* session) {
   return guard(__func__, [&] {
     require(session, "session");
     session->s->request_abort();
+  });
+}
+
+KVRT_API void kvrt_snapshot_default_params(kvrt_snapshot_params* p) {
+  if (!p) return;
+  std::memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+  p->compression_level = 3;
+}
+
+static kvrt::snap::WriteOptions snapshot_write_options(const kvrt_snapshot_params* params) {
+  kvrt_snapshot_params p = read_params(params, kvrt_snapshot_default_params, "params");
+  if (p.reserved0 != 0 || p.reserved1 != 0)
+    kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "params->reserved0 and reserved1 must be 0");
+  kvrt::snap::WriteOptions o;
+  o.level = p.compression_level == 0 ? 3 : p.compression_level;
+  return o;
+}
+
+static void snapshot_check_load_params(const kvrt_snapshot_params* params) {
+  kvrt_snapshot_params p = read_params(params, kvrt_snapshot_default_params, "params");
+  if (p.reserved0 != 0 || p.reserved1 != 0)
+    kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "params->reserved0 and reserved1 must be 0");
+}
+
+static void snapshot_wrap(std::unique_ptr<kvrt::Session> s, kvrt_session** out) {
+  auto h = std::make_unique<kvrt_session>();
+  h->s = std::move(s);
+  *out = h.release();
+}
+
+KVRT_API kvrt_status kvrt_session_save(kvrt_session* session, const char* path,
+                                       const kvrt_snapshot_params* params) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    require(path, "path");
+    kvrt::snap::WriteOptions o = snapshot_write_options(params);
+    kvrt::snap::AtomicFileSink file(path);
+    kvrt::snap::write_snapshot(*session->s, file, o);
+    file.commit();
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_load(kvrt_model* model, const char* path,
+                                       const kvrt_snapshot_params* params, kvrt_session** out) {
+  if (out) *out = nullptr;
+  return guard(__func__, [&] {
+    require(model, "model");
+    require(path, "path");
+    require(out, "out");
+    snapshot_check_load_params(params);
+    kvrt::snap::FileSource file(path);
+    auto s = kvrt::snap::read_snapshot(model->m, file, path);
+    uint8_t extra;
+    if (file.read(&extra, 1) != 0)
+      kvrt::fail(KVRT_ERR_CORRUPT, "%s: data follows the snapshot's end record", path);
+    snapshot_wrap(std::move(s), out);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_save_buffer(kvrt_session* session, void* buffer, size_t capacity,
+                                              size_t* size, const kvrt_snapshot_params* params) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    require(size, "size");
+    if (!buffer && capacity)
+      kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "buffer is NULL but capacity = %zu", capacity);
+    kvrt::snap::WriteOptions o = snapshot_write_options(params);
+    kvrt::snap::BufferSink sink(buffer, capacity);
+    kvrt::snap::write_snapshot(*session->s, sink, o);
+    *size = sink.size();
+    if (sink.overflowed() && buffer)
+      kvrt::fail(KVRT_ERR_BUFFER_TOO_SMALL, "the snapshot takes %zu bytes; the buffer holds %zu", sink.size(),
+                 capacity);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_load_buffer(kvrt_model* model, const void* buffer, size_t size,
+                                              const kvrt_snapshot_params* params, kvrt_session** out) {
+  if (out) *out = nullptr;
+  return guard(__func__, [&] {
+    require(model, "model");
+    require(out, "out");
+    if (!buffer && size) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "buffer is NULL but size = %zu", size);
+    snapshot_check_load_params(params);
+    kvrt::snap::MemorySource src(buffer, size);
+    auto s = kvrt::snap::read_snapshot(model->m, src, "snapshot buffer");
+    if (src.remaining() != 0)
+      kvrt::fail(KVRT_ERR_CORRUPT, "snapshot buffer: %zu bytes follow the snapshot's end record",
+                 src.remaining());
+    snapshot_wrap(std::move(s), out);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_save_stream(kvrt_session* session, kvrt_write_fn write, void* user,
+                                              const kvrt_snapshot_params* params) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    if (!write) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "write is NULL");
+    kvrt::snap::WriteOptions o = snapshot_write_options(params);
+    kvrt::snap::CallbackSink sink(write, user);
+    kvrt::snap::write_snapshot(*session->s, sink, o);
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_load_stream(kvrt_model* model, kvrt_read_fn read, void* user,
+                                              const kvrt_snapshot_params* params, kvrt_session** out) {
+  if (out) *out = nullptr;
+  return guard(__func__, [&] {
+    require(model, "model");
+    if (!read) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "read is NULL");
+    require(out, "out");
+    snapshot_check_load_params(params);
+    kvrt::snap::CallbackSource src(read, user);
+    snapshot_wrap(kvrt::snap::read_snapshot(model->m, src, "snapshot stream"), out);
   });
 }
 

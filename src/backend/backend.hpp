@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../../kernels/cpu/attention-quant.h"
 #include "../../kernels/cpu/cpu-kernels.h"
 
 namespace kvrt {
@@ -48,6 +49,9 @@ class CpuBackend {
   // Attention for every query head; splits long contexts into position
   // ranges merged with online softmax.
   void attention(const kvrt_k::AttnArgs& a, BackendScratch& s) const;
+  // The same over q8/q4 blocks plus an f16 staging tail block, with the same
+  // split by head and position range.
+  void attention_quant(const kvrt_k::QAttnArgs& a, BackendScratch& s) const;
 
   // Partials attention() may need for a context of n_ctx positions.
   static size_t attention_partials_needed(unsigned n_threads, uint32_t n_head,

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../../kernels/common/kv-quant.h"
 #include "util/error.hpp"
 
 namespace kvrt {
@@ -23,15 +24,40 @@ static void check_format(uint32_t f, const char* which) {
   if (f >= KVRT_KV_FORMAT_COUNT)
     fail(KVRT_ERR_INVALID_ARGUMENT, "kv_format_%s = %u is not a kvrt_kv_format (0..%d)", which, f,
          KVRT_KV_FORMAT_COUNT - 1);
-  if (f != kvrt_k::KV_F32 && f != kvrt_k::KV_F16)
-    fail(KVRT_ERR_UNSUPPORTED, "KV format %s for %s is not supported by this build (supported: f32, f16)",
+  if (f == kvrt_k::KV_BF16)
+    fail(KVRT_ERR_UNSUPPORTED,
+         "KV format %s for %s is not supported by this build (supported: f32, f16, q8, q4)",
          format_name(f), which);
 }
 
-uint64_t kv_bytes_per_token(const HParams& hp, uint32_t k_format, uint32_t v_format) {
-  size_t ek = kvrt_k::kv_elem_bytes(k_format), ev = kvrt_k::kv_elem_bytes(v_format);
-  if (ek == 0 || ev == 0 || k_format == kvrt_k::KV_BF16 || v_format == kvrt_k::KV_BF16) return 0;
-  return static_cast<uint64_t>(hp.n_layer) * hp.n_head_kv * hp.head_dim * (ek + ev);
+static bool is_float_format(uint32_t f) { return f == kvrt_k::KV_F32 || f == kvrt_k::KV_F16; }
+
+// Keys and values are either both unquantized (f32/f16, any pairing) or both
+// quantized (q8/q4, any pairing): a quantized side keeps its tail in the f16
+// stage, so the two sides must agree on where the tail lives. Null if the
+// pairing is supported, else why not.
+static const char* pairing_problem(uint32_t k, uint32_t v) {
+  if (k >= KVRT_KV_FORMAT_COUNT || v >= KVRT_KV_FORMAT_COUNT) return "unknown format";
+  if (k == kvrt_k::KV_BF16 || v == kvrt_k::KV_BF16) return "bf16 is not supported by this build";
+  if (is_float_format(k) != is_float_format(v))
+    return "an unquantized format (f32, f16) cannot be paired with a quantized one (q8, q4)";
+  return nullptr;
+}
+
+static void check_head_dim(const HParams& hp, uint32_t k, uint32_t v) {
+  if ((kvrt_k::kv_is_quant(k) || kvrt_k::kv_is_quant(v)) && hp.head_dim > kvrt_k::kQAttnMaxHeadDim)
+    fail(KVRT_ERR_UNSUPPORTED, "KV formats %s/%s need head_dim <= %u; the model has %u",
+         format_name(k), format_name(v), kvrt_k::kQAttnMaxHeadDim, hp.head_dim);
+}
+
+uint64_t kv_bytes_per_token(const HParams& hp, uint32_t k_format, uint32_t v_format,
+                            uint32_t block_tokens) {
+  if (pairing_problem(k_format, v_format) || block_tokens == 0) return 0;
+  kvrt_k::KvLayout l;
+  if (!kvrt_k::kv_layout_init(&l, hp.n_layer, hp.n_head_kv, hp.head_dim, block_tokens, k_format,
+                              v_format))
+    return 0;
+  return (static_cast<uint64_t>(l.block_bytes) + block_tokens - 1) / block_tokens;
 }
 
 static MatRef ref(const WeightMatrix& w) { return {w.type, w.rows, w.cols, w.row_bytes, w.data}; }
@@ -42,6 +68,10 @@ Session::Session(std::shared_ptr<const LoadedModel> model, const SessionConfig& 
   const HParams& hp = model_->model->hparams();
   check_format(cfg_.k_format, "keys");
   check_format(cfg_.v_format, "values");
+  if (const char* why = pairing_problem(cfg_.k_format, cfg_.v_format))
+    fail(KVRT_ERR_UNSUPPORTED, "KV formats %s keys with %s values are not supported: %s",
+         format_name(cfg_.k_format), format_name(cfg_.v_format), why);
+  check_head_dim(hp, cfg_.k_format, cfg_.v_format);
   if (cfg_.n_ctx == 0) cfg_.n_ctx = hp.n_ctx_train;
   if (cfg_.n_ctx > hp.n_ctx_train)
     fail(KVRT_ERR_INVALID_ARGUMENT, "n_ctx = %u exceeds the model's context length %u", cfg_.n_ctx,
@@ -55,6 +85,15 @@ Session::Session(std::shared_ptr<const LoadedModel> model, const SessionConfig& 
   kvrt_k::kv_layout_init(&layout, hp.n_layer, hp.n_head_kv, hp.head_dim,
                          rt_.config().block_tokens, cfg_.k_format, cfg_.v_format);
   kv_ = std::make_unique<KvCache>(rt_.pool_for(layout.block_bytes), layout, cfg_.n_ctx);
+  quant_ = kvrt_k::kv_is_quant(cfg_.k_format);
+  if (quant_) {
+    kvrt_k::kv_layout_init(&stage_layout_, hp.n_layer, hp.n_head_kv, hp.head_dim,
+                           layout.block_tokens, kvrt_k::KV_F16, kvrt_k::KV_F16);
+    stage_.assign(stage_layout_.block_bytes, 0);
+    stage_saved_.resize(stage_layout_.block_bytes);
+    qtmp_k_.resize(static_cast<size_t>(layout.block_tokens) * hp.head_dim);
+    qtmp_v_.resize(qtmp_k_.size());
+  }
 
   const size_t mb = cfg_.max_batch, d = hp.n_embd, kvd = size_t(hp.n_head_kv) * hp.head_dim,
                ff = hp.n_ff;
@@ -82,7 +121,8 @@ Session::Session(std::shared_ptr<const LoadedModel> model, const SessionConfig& 
 Session::~Session() = default;
 
 uint64_t Session::kv_bytes_per_token() const {
-  return kvrt::kv_bytes_per_token(model().hparams(), cfg_.k_format, cfg_.v_format);
+  return kvrt::kv_bytes_per_token(model().hparams(), cfg_.k_format, cfg_.v_format,
+                                  kv_->layout().block_tokens);
 }
 
 void Session::decode(const int32_t* tokens, size_t n, float* logits) {
@@ -100,6 +140,11 @@ void Session::decode(const int32_t* tokens, size_t n, float* logits) {
          cfg_.n_ctx);
   abort_.store(false, std::memory_order_relaxed);
   kv_->reserve(static_cast<uint32_t>(n));  // all blocks up front; throws with nothing changed
+  // A batch that fills the staged tail block overwrites the stage with the
+  // next block; keep a copy so a failed decode leaves the session unchanged.
+  const uint32_t bt = kv_->layout().block_tokens;
+  const bool stage_moves = quant_ && n0 % bt != 0 && (n0 + n) / bt != n0 / bt;
+  if (stage_moves) stage_saved_ = stage_;
   try {
     for (size_t done = 0; done < n;) {
       const uint32_t chunk = static_cast<uint32_t>(std::min<size_t>(cfg_.max_batch, n - done));
@@ -109,6 +154,7 @@ void Session::decode(const int32_t* tokens, size_t n, float* logits) {
     }
   } catch (...) {
     kv_->truncate(n0);
+    if (stage_moves) stage_.swap(stage_saved_);
     throw;
   }
   kv_->commit(static_cast<uint32_t>(n));
@@ -119,8 +165,28 @@ void Session::rewind(size_t n_tokens) {
   if (n_tokens > kv_->n_tokens())
     fail(KVRT_ERR_OUT_OF_RANGE, "cannot rewind to %zu tokens: the session holds %u", n_tokens,
          kv_->n_tokens());
-  kv_->truncate(static_cast<uint32_t>(n_tokens));
+  // A quantized session resuming inside a block that was already quantized
+  // continues from its dequantized values (the f16 originals are gone).
+  const uint32_t bt = kv_->layout().block_tokens, n_new = static_cast<uint32_t>(n_tokens);
+  if (quant_ && n_new % bt != 0 && n_new / bt != kv_->n_tokens() / bt) quant_load_stage(n_new / bt);
+  kv_->truncate(n_new);
   tokens_.resize(n_tokens);
+}
+
+void Session::begin_import(uint32_t n_tokens) {
+  if (kv_->n_tokens() != 0 || kv_->n_blocks() != 0 || !tokens_.empty())
+    fail(KVRT_ERR_INTERNAL, "snapshot import into a session that already holds %u tokens",
+         kv_->n_tokens());
+  kv_->reserve(n_tokens);
+}
+
+void Session::finish_import(std::vector<int32_t> tokens) {
+  if (tokens.size() > cfg_.n_ctx || kv_->n_tokens() != 0)
+    fail(KVRT_ERR_INTERNAL, "snapshot import of %zu tokens does not match the reserved cache",
+         tokens.size());
+  tokens.reserve(cfg_.n_ctx);  // decode() appends without reallocating
+  kv_->commit(static_cast<uint32_t>(tokens.size()));
+  tokens_ = std::move(tokens);
 }
 
 void Session::forward(const int32_t* tok, uint32_t n, uint32_t pos0, float* logits) {
@@ -154,6 +220,7 @@ void Session::forward(const int32_t* tok, uint32_t n, uint32_t pos0, float* logi
       const int32_t pos = static_cast<int32_t>(pos0 + i);
       kvrt_k::rope(q + i * d, hp.n_head, hd, hp.rope_dim, pos, hp.rope_freq_base, hp.rope_freq_scale);
       kvrt_k::rope(k + i * kvd, n_kv, hd, hp.rope_dim, pos, hp.rope_freq_base, hp.rope_freq_scale);
+      if (quant_) continue;  // stored by quant_store below
       uint8_t* block = kv_->block_ptr((pos0 + i) / bt);
       const size_t off = (pos0 + i) % bt;
       for (uint32_t h = 0; h < n_kv; ++h) {
@@ -174,7 +241,17 @@ void Session::forward(const int32_t* tok, uint32_t n, uint32_t pos0, float* logi
     a.n_head = hp.n_head;
     a.pos0 = static_cast<int32_t>(pos0);
     a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    be.attention(a, scratch_);
+    if (quant_) {
+      quant_store(l, k, v, n, pos0);
+      kvrt_k::QAttnArgs qa{};
+      qa.base = a;
+      qa.stage_layout = &stage_layout_;
+      qa.stage = stage_.data();
+      qa.n_quant_blocks = (pos0 + n) / bt;
+      be.attention_quant(qa, scratch_);
+    } else {
+      be.attention(a, scratch_);
+    }
     be.matmul(ref(L.wo), att, n, tmp, d, scratch_);
     for (size_t i = 0; i < n * d; ++i) x[i] += tmp[i];
 
@@ -194,6 +271,57 @@ void Session::forward(const int32_t* tok, uint32_t n, uint32_t pos0, float* logi
     kvrt_k::rmsnorm(x + (n - 1) * d, m.output_norm, xn, d, hp.norm_eps);
     be.matmul(ref(m.output), xn, 1, logits, hp.n_vocab, scratch_);
   }
+}
+
+// Writes the K/V rows of n tokens of one layer into the f16 stage; each block
+// that becomes full is quantized once into its pool block.
+void Session::quant_store(uint32_t layer, const float* k, const float* v, uint32_t n,
+                          uint32_t pos0) {
+  const kvrt_k::KvLayout& lay = kv_->layout();
+  const uint32_t bt = lay.block_tokens, hd = lay.head_dim, n_kv = lay.n_head_kv;
+  const size_t kvd = static_cast<size_t>(n_kv) * hd;
+  uint8_t* st = stage_.data();
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t pos = pos0 + i, off = pos % bt;
+    for (uint32_t h = 0; h < n_kv; ++h) {
+      kvrt_k::kv_store(kvrt_k::KV_F16, st + kvrt_k::kv_k_offset(stage_layout_, layer, h) + off * hd * 2,
+                       k + i * kvd + h * hd, hd);
+      kvrt_k::kv_store(kvrt_k::KV_F16, st + kvrt_k::kv_v_offset(stage_layout_, layer, h) + off * hd * 2,
+                       v + i * kvd + h * hd, hd);
+    }
+    if (off != bt - 1) continue;
+    uint8_t* block = kv_->block_ptr(pos / bt);
+    for (uint32_t h = 0; h < n_kv; ++h) {
+      // The staged f16 values are what attention saw so far; quantize those.
+      const uint16_t* ks = reinterpret_cast<const uint16_t*>(st + kvrt_k::kv_k_offset(stage_layout_, layer, h));
+      const uint16_t* vs = reinterpret_cast<const uint16_t*>(st + kvrt_k::kv_v_offset(stage_layout_, layer, h));
+      for (size_t j = 0; j < qtmp_k_.size(); ++j) {
+        qtmp_k_[j] = kvrt_k::f16_to_f32(ks[j]);
+        qtmp_v_[j] = kvrt_k::f16_to_f32(vs[j]);
+      }
+      kvrt_k::kvq_quantize_k(lay.k_format, block + kvrt_k::kv_k_offset(lay, layer, h), qtmp_k_.data(), hd,
+                             bt, bt, hd);
+      kvrt_k::kvq_quantize_v(lay.v_format, block + kvrt_k::kv_v_offset(lay, layer, h), qtmp_v_.data(), hd,
+                             bt, bt, hd);
+    }
+  }
+}
+
+void Session::quant_load_stage(uint32_t logical_block) {
+  const kvrt_k::KvLayout& lay = kv_->layout();
+  const uint32_t bt = lay.block_tokens, hd = lay.head_dim;
+  const uint8_t* block = kv_->block_ptr(logical_block);
+  for (uint32_t l = 0; l < lay.n_layer; ++l)
+    for (uint32_t h = 0; h < lay.n_head_kv; ++h) {
+      kvrt_k::kvq_dequantize_k(lay.k_format, block + kvrt_k::kv_k_offset(lay, l, h), bt, bt, hd,
+                               qtmp_k_.data(), hd);
+      kvrt_k::kvq_dequantize_v(lay.v_format, block + kvrt_k::kv_v_offset(lay, l, h), bt, bt, hd,
+                               qtmp_v_.data(), hd);
+      kvrt_k::kv_store(kvrt_k::KV_F16, stage_.data() + kvrt_k::kv_k_offset(stage_layout_, l, h),
+                       qtmp_k_.data(), qtmp_k_.size());
+      kvrt_k::kv_store(kvrt_k::KV_F16, stage_.data() + kvrt_k::kv_v_offset(stage_layout_, l, h),
+                       qtmp_v_.data(), qtmp_v_.size());
+    }
 }
 
 }  // namespace kvrt

@@ -39,10 +39,40 @@ class Session {
   const std::vector<int32_t>& tokens() const { return tokens_; }
   const SessionConfig& config() const { return cfg_; }
   Sampler& sampler() { return sampler_; }
+  const Sampler& sampler() const { return sampler_; }
   uint64_t kv_bytes_per_token() const;
+
+  // Snapshot import (src/snapshot), on a new session that holds no tokens:
+  // begin_import takes the blocks for n_tokens positions from the pool
+  // (Error KVRT_ERR_OUT_OF_MEMORY, KVRT_ERR_CONTEXT_FULL; unchanged then),
+  // the caller writes their bytes through import_block(), and finish_import
+  // counts them and sets the token ids (tokens.size() == n_tokens).
+  void begin_import(uint32_t n_tokens);
+  uint8_t* import_block(uint32_t logical) const { return kv_->block_ptr(logical); }
+  void finish_import(std::vector<int32_t> tokens);
 
  private:
   void forward(const int32_t* tokens, uint32_t n, uint32_t pos0, float* logits);
+
+  // Quantized caches (q8/q4). The block being filled lives in stage_, an f16
+  // block (all layers and heads) laid out by stage_layout_; pool blocks are
+  // written only when full, by quantizing the stage. See docs/quantization.md.
+  void quant_store(uint32_t layer, const float* k, const float* v, uint32_t n, uint32_t pos0);
+  void quant_load_stage(uint32_t logical_block);  // pool block -> stage (lossy)
+  bool quant_ = false;
+  kvrt_k::KvLayout stage_layout_{};
+  std::vector<uint8_t> stage_, stage_saved_;
+  std::vector<float> qtmp_k_, qtmp_v_;
+
+ public:
+  // The f16 tail staging of a quantized session (empty otherwise): the
+  // positions n_tokens - n_tokens % block_tokens .. n_tokens - 1, which are
+  // not in the pool block yet. A snapshot of a q8/q4 session must carry it.
+  bool kv_quantized() const { return quant_; }
+  const std::vector<uint8_t>& kv_stage() const { return stage_; }
+  uint8_t* import_stage() { return stage_.data(); }
+
+ private:
 
   std::shared_ptr<const LoadedModel> model_;
   Runtime& rt_;
@@ -59,7 +89,9 @@ class Session {
   BackendScratch scratch_;
 };
 
-// Bytes one token takes in the cache for these formats; 0 when unsupported.
-uint64_t kv_bytes_per_token(const HParams& hp, uint32_t k_format, uint32_t v_format);
+// Bytes one token takes in the cache for these formats, scales included
+// (a block's bytes / block_tokens, rounded up); 0 when unsupported.
+uint64_t kv_bytes_per_token(const HParams& hp, uint32_t k_format, uint32_t v_format,
+                            uint32_t block_tokens = 16);
 
 }  // namespace kvrt

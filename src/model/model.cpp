@@ -212,6 +212,11 @@ std::unique_ptr<Model> Model::from_gguf(std::unique_ptr<GgufFile> file) {
     L.w_up = matrix(p + "ffn_up.weight", hp.n_embd, hp.n_ff);
     L.w_down = matrix(p + "ffn_down.weight", hp.n_ff, hp.n_embd);
   }
+  // A decode step reads one embedding row, unless the output layer is the
+  // embedding table itself (then the whole table is read anyway).
+  m->decode_weight_bytes = m->weight_bytes;
+  if (m->output.data != m->tok_embd.data)
+    m->decode_weight_bytes -= static_cast<uint64_t>(m->tok_embd.rows - 1) * m->tok_embd.row_bytes;
   return m;
 }
 

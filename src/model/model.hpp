@@ -74,6 +74,7 @@ class Model {
 
   uint64_t n_params = 0;
   uint64_t weight_bytes = 0;
+  uint64_t decode_weight_bytes = 0;  // read by one decode step (one embedding row)
 
   // Hash of the hyper-parameters and of every tensor's name, type, shape and
   // data (src/snapshot/fingerprint.cpp), so that a snapshot is only loaded

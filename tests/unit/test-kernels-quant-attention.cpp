@@ -146,7 +146,7 @@ void test_kernel_levels(void**) {
   for (auto& fp : kPairs)
     for (uint32_t hd : {8u, 64u, 80u, 128u, 33u})
       for (uint32_t n_tokens : {1u, 16u, 37u, 131u}) {
-        const uint32_t n_kv = 2, n_head = 6, n_q = std::min(n_tokens, 3u), layer = 1;
+        const uint32_t n_kv = 2, n_head = hd == 64 ? 20 : 6, n_q = std::min(n_tokens, 3u), layer = 1;
         QCache c = make(2, n_kv, hd, 16, fp[0], fp[1], n_tokens, rng);
         std::vector<float> q((size_t)n_q * n_head * hd);
         for (auto& f : q) f = rng.uni(-2.0f, 2.0f);

@@ -60,10 +60,17 @@ size_t CpuBackend::attention_partials_needed(unsigned n_threads, uint32_t n_head
   return static_cast<size_t>(2 * n_threads) * n_head;
 }
 
-void CpuBackend::attention(const kvrt_k::AttnArgs& a, BackendScratch& s) const {
+namespace {
+
+// Splits attention like CpuBackend::attention: by KV head, and for a single
+// query over a long context also by ranges of whole blocks merged with online
+// softmax. Full and Partial compute one head / one range.
+template <class Full, class Partial>
+void split_attention(ThreadPool& pool, const kvrt_k::AttnArgs& a, BackendScratch& s, Full full,
+                     Partial partial) {
   const uint32_t n_kv = a.layout->n_head_kv;
   const uint32_t group = a.n_head / n_kv;
-  const unsigned nt = pool_.size();
+  const unsigned nt = pool.size();
   const uint32_t n_ctx = static_cast<uint32_t>(a.pos0) + 1;
   // A single query over a long context with fewer KV heads than 2 x threads:
   // split each head's positions so every thread streams part of the cache.
@@ -71,11 +78,11 @@ void CpuBackend::attention(const kvrt_k::AttnArgs& a, BackendScratch& s) const {
   if (a.n_q == 1 && n_ctx >= kMinSplitPositions && n_kv < 2 * nt) {
     n_split = (2 * nt + n_kv - 1) / n_kv;
     n_split = std::min<uint32_t>(n_split, n_ctx / (kMinSplitPositions / 2));
-    n_split = std::min<uint32_t>(n_split, kMaxSplit);
+    n_split = std::min<uint32_t>(n_split, CpuBackend::kMaxSplit);
     if (static_cast<size_t>(n_split) * n_kv * group > s.part_capacity) n_split = 1;
   }
   if (n_split <= 1) {
-    pool_.run(n_kv, [&](unsigned task, unsigned) { kvrt_k::attention(a, task); });
+    pool.run(n_kv, [&](unsigned task, unsigned) { full(task); });
     return;
   }
   const uint32_t bt = a.layout->block_tokens;
@@ -83,15 +90,15 @@ void CpuBackend::attention(const kvrt_k::AttnArgs& a, BackendScratch& s) const {
   const uint32_t n_blocks = (n_ctx + bt - 1) / bt;
   const uint32_t blocks_per = (n_blocks + n_split - 1) / n_split;
   const size_t hd = a.layout->head_dim;
-  pool_.run(n_kv * n_split, [&](unsigned task, unsigned) {
+  pool.run(n_kv * n_split, [&](unsigned task, unsigned) {
     uint32_t h = task / n_split, c = task % n_split;
     uint32_t t0 = std::min(n_ctx, c * blocks_per * bt);
     uint32_t t1 = std::min(n_ctx, (c + 1) * blocks_per * bt);
     size_t slot = (static_cast<size_t>(h) * n_split + c) * group;
-    kvrt_k::attention_partial(a, h, 0, t0, t1, s.parts + slot, s.part_acc + slot * hd);
+    partial(h, t0, t1, s.parts + slot, s.part_acc + slot * hd);
   });
   // Merge: for each query head, gather its n_split partials.
-  kvrt_k::AttnPartial parts[kMaxSplit];
+  kvrt_k::AttnPartial parts[CpuBackend::kMaxSplit];
   for (uint32_t h = 0; h < n_kv; ++h) {
     for (uint32_t g = 0; g < group; ++g) {
       // The merge gathers one head's partials into the spare area at the end.
@@ -104,6 +111,24 @@ void CpuBackend::attention(const kvrt_k::AttnArgs& a, BackendScratch& s) const {
       kvrt_k::attention_merge(parts, acc, n_split, hd, a.out + (h * group + g) * hd);
     }
   }
+}
+
+}  // namespace
+
+void CpuBackend::attention(const kvrt_k::AttnArgs& a, BackendScratch& s) const {
+  split_attention(
+      pool_, a, s, [&](uint32_t h) { kvrt_k::attention(a, h); },
+      [&](uint32_t h, uint32_t t0, uint32_t t1, kvrt_k::AttnPartial* p, float* acc) {
+        kvrt_k::attention_partial(a, h, 0, t0, t1, p, acc);
+      });
+}
+
+void CpuBackend::attention_quant(const kvrt_k::QAttnArgs& qa, BackendScratch& s) const {
+  split_attention(
+      pool_, qa.base, s, [&](uint32_t h) { kvrt_k::attention_quant(qa, h); },
+      [&](uint32_t h, uint32_t t0, uint32_t t1, kvrt_k::AttnPartial* p, float* acc) {
+        kvrt_k::attention_quant_partial(qa, h, 0, t0, t1, p, acc);
+      });
 }
 
 }  // namespace kvrt
