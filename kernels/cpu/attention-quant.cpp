@@ -80,6 +80,21 @@ void v_f16_scalar(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, ui
       for (uint32_t c = 0; c < hd; ++c) acc[g * hd + c] += p[g * C + t] * f16_to_f32(v[t * hd + c]);
 }
 
+void fold_scalar(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_format,
+                 const uint16_t* k_scales, float* qs, float* bias) {
+  for (uint32_t g = 0; g < ng; ++g) {
+    const float* qg = q + (size_t)g * hd;
+    float* o = qs + (size_t)g * hd;
+    bias[g] = 0.0f;
+    for (uint32_t c = 0; c < hd; ++c) o[c] = qg[c] * scale * f16_to_f32(k_scales[c]);
+    if (k_format == KV_Q4) {
+      float bsum = 0.0f;
+      for (uint32_t c = 0; c < hd; ++c) bsum += qg[c] * f16_to_f32(k_scales[hd + c]);
+      bias[g] = bsum * scale;
+    }
+  }
+}
+
 float exp_sum_scalar(const float* s, float m, uint32_t n, float* p) {
   float sum = 0.0f;
   for (uint32_t t = 0; t < n; ++t) {
@@ -93,10 +108,15 @@ void cvt_f16_scalar(const uint16_t* src, uint32_t n, float* dst) {
   for (uint32_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
 }
 
-const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,    k_f16_scalar,  v_i8_scalar,
-                             v_u4_scalar,  v_f16_scalar,   exp_sum_scalar, cvt_f16_scalar};
+const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,    k_f16_scalar,   v_i8_scalar,
+                             v_u4_scalar,  v_f16_scalar,   exp_sum_scalar, cvt_f16_scalar,
+                             nullptr,      fold_scalar};
 
 const QAttnOps& ops() {
+  if (cpu_isa() >= CpuIsa::avx512) {
+    const QAttnOps* o = qattn_ops_avx512();
+    if (o) return *o;
+  }
   if (cpu_isa() >= CpuIsa::avx2) {
     const QAttnOps* o = qattn_ops_avx2();
     if (o) return *o;
@@ -107,6 +127,8 @@ const QAttnOps& ops() {
 // Query heads handled together per pass over a block, so each block is read
 // from memory and its codes converted once for the whole group.
 constexpr uint32_t kGroupChunk = kQAttnGroupChunk;
+// Blocks fetched ahead of the one being computed.
+constexpr uint32_t kPrefetchBlocks = 8;
 
 // Online softmax of query heads [g0, g0 + ngh) of one query over [t0, t1):
 // m/l per head, unnormalized acc (hd floats per head, zeroed here).
@@ -124,8 +146,25 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
   memset(acc, 0, (size_t)ngh * hd * sizeof(float));
   const float* q0 = a.q + (size_t)qi * a.q_stride + (size_t)(kv_head * group + g0) * hd;
   float qs[kGroupChunk * kQAttnMaxHeadDim], bias[kGroupChunk], s[kGroupChunk * C],
-      p[kGroupChunk * C], kscale[2 * kQAttnMaxHeadDim];
+      p[kGroupChunk * C];
+  // Blocks are scattered (block table), so hardware prefetchers miss the
+  // stream: fetch this head's K and V kPrefetchBlocks blocks ahead.
+  const uint32_t b_end = t0 < t1 ? (t1 + bt - 1) / bt : 0;
+  const uint32_t b_quant_end = qa.n_quant_blocks < b_end ? qa.n_quant_blocks : b_end;
+  const size_t koff = kv_k_offset(L, a.layer, kv_head), voff = kv_v_offset(L, a.layer, kv_head);
+  auto prefetch = [&](uint32_t pb) {
+    if (pb >= b_quant_end) return;
+    const char* kb = (const char*)(a.blocks[pb] + koff);
+    const char* vb = (const char*)(a.blocks[pb] + voff);
+    // Parts need not start on a cache line: cover every line they touch.
+    for (uintptr_t x = (uintptr_t)kb & ~(uintptr_t)63; x < (uintptr_t)kb + L.k_head_bytes; x += 64)
+      __builtin_prefetch((const void*)x, 0, 3);
+    for (uintptr_t x = (uintptr_t)vb & ~(uintptr_t)63; x < (uintptr_t)vb + L.v_head_bytes; x += 64)
+      __builtin_prefetch((const void*)x, 0, 3);
+  };
+  for (uint32_t pb = t0 / bt; pb < t0 / bt + kPrefetchBlocks; ++pb) prefetch(pb);
   for (uint32_t b = t0 / bt; t0 < t1 && b * bt < t1; ++b) {
+    prefetch(b + kPrefetchBlocks);
     const bool quant = b < qa.n_quant_blocks;
     const uint8_t* kp;
     const uint8_t* vp;
@@ -142,21 +181,28 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
     const uint32_t lo = b * bt > t0 ? b * bt : t0, hi = (b + 1) * bt < t1 ? (b + 1) * bt : t1;
     // Fold the per-channel key scales (and, for q4, the minimums) into the
     // query once per block: s = sum_c (q_c scale_c) code_c + sum_c q_c min_c.
-    if (quant) op.cvt_f16(ksc, L.k_format == KV_Q8 ? hd : 2 * hd, kscale);
-    for (uint32_t g = 0; g < ngh; ++g) {
-      const float* q = q0 + (size_t)g * hd;
-      float* o = qs + (size_t)g * hd;
-      bias[g] = 0.0f;
-      if (!quant) {
+    if (quant) {
+      op.fold(q0, ngh, hd, a.scale, L.k_format, ksc, qs, bias);
+    } else {
+      for (uint32_t g = 0; g < ngh; ++g) {
+        const float* q = q0 + (size_t)g * hd;
+        float* o = qs + (size_t)g * hd;
+        bias[g] = 0.0f;
         for (uint32_t c = 0; c < hd; ++c) o[c] = q[c] * a.scale;
-      } else {
-        for (uint32_t c = 0; c < hd; ++c) o[c] = q[c] * a.scale * kscale[c];
-        if (L.k_format == KV_Q4) {
-          float bsum = 0.0f;
-          for (uint32_t c = 0; c < hd; ++c) bsum += q[c] * kscale[hd + c];
-          bias[g] = bsum * a.scale;
-        }
       }
+    }
+    if (quant && op.block) {
+      // Runs of at most kQAttnFusedFloats / hd rows; false means a shape the
+      // fused step does not take, decided by hd alone, so on the first run.
+      const uint32_t step = kQAttnFusedFloats / hd < C ? kQAttnFusedFloats / hd : C;
+      bool done = step > 0;
+      for (uint32_t u0 = lo; done && u0 < hi; u0 += step) {
+        const uint32_t n = hi - u0 < step ? hi - u0 : step, j = u0 - b * bt;
+        done = op.block(L.k_format, L.v_format, kp + j * rbk, rbk, vp + j * rbv, rbv,
+                        vsc + (size_t)j * ngv, vmin + (size_t)j * ngv, ngv, n, hd, qs, bias, ngh,
+                        m, l, acc);
+      }
+      if (done) continue;
     }
     for (uint32_t u0 = lo; u0 < hi; u0 += C) {
       const uint32_t n = hi - u0 < C ? hi - u0 : C, j = u0 - b * bt;

@@ -40,7 +40,8 @@ constexpr uint32_t kQAttnChunk = 64;
 // Query heads of one KV head processed per pass over a block (ng <= this).
 constexpr uint32_t kQAttnGroupChunk = 8;
 
-// The inner loops, one table per ISA level (scalar reference, AVX2). Each
+// The inner loops, one table per ISA level (scalar reference, AVX2, AVX-512;
+// `block` may be null, `fold` is always set). Each
 // works on `ng` query heads at once so a row of codes is converted once.
 // k_*: s[g * kQAttnChunk + t] = bias[g] + sum_c qs[g * hd + c] * key(t, c)
 // for n rows of codes (row stride rb bytes). v_*: acc[g * hd + c] +=
@@ -60,10 +61,28 @@ struct QAttnOps {
   void (*v_f16)(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, uint32_t ng, float* acc);
   float (*exp_sum)(const float* s, float m, uint32_t n, float* p);
   void (*cvt_f16)(const uint16_t* src, uint32_t n, float* dst);  // scales to f32
+  // Optional fused step over n rows of one quantized block for ng heads:
+  // scores against qs (+ bias), online-softmax update of m/l/acc, value
+  // accumulation. Returns false for shapes it does not take (it needs
+  // head_dim % 32 == 0 and n * head_dim <= kQAttnFusedFloats).
+  bool (*block)(uint32_t k_format, uint32_t v_format, const uint8_t* k_codes, size_t rbk,
+                const uint8_t* v_codes, size_t rbv, const uint16_t* v_scales,
+                const uint16_t* v_mins, uint32_t ngv, uint32_t n, uint32_t hd, const float* qs,
+                const float* bias, uint32_t ng, float* m, float* l, float* acc);
+  // Folds a quantized block's per-channel key scales (and, for q4, minimums;
+  // both f16 in k_scales, scales first) into ng queries q[g * hd + c]:
+  // qs[g * hd + c] = q * scale * kscale_c, bias[g] = scale * sum_c q * kmin_c.
+  void (*fold)(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_format,
+               const uint16_t* k_scales, float* qs, float* bias);
 };
+
+// Scratch floats per converted K or V run of the fused step (on the stack).
+constexpr uint32_t kQAttnFusedFloats = 2048;
 
 const QAttnOps& qattn_ops_scalar();
 // Null when this build has no AVX2 version.
 const QAttnOps* qattn_ops_avx2();
+// The AVX2 table with AVX-512 versions where they exist; null without AVX2.
+const QAttnOps* qattn_ops_avx512();
 
 }  // namespace kvrt_k

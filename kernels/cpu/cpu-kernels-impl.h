@@ -1,5 +1,5 @@
 // Internal declarations shared by the CPU kernel dispatcher and its per-ISA
-// implementations (scalar reference, AVX2).
+// implementations (scalar reference, AVX2, AVX-512 matmul).
 #pragma once
 
 #include <stddef.h>
@@ -49,5 +49,12 @@ void kv_store(uint32_t format, void* dst, const float* src, size_t n);
 // of 8); the caller then uses the scalar path.
 bool attn_rows(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows);
 }  // namespace avx2
+
+namespace avx512 {
+// As avx2::attn_rows; takes head_dim % 16 == 0 only.
+bool attn_rows(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows);
+void matmul(uint32_t wtype, const void* w, size_t k, size_t r0, size_t r1, const float* x,
+            size_t ldx, size_t n_rows_x, float* y, size_t ldy, float* scratch);
+}  // namespace avx512
 
 }  // namespace kvrt_k

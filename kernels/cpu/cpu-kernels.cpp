@@ -23,8 +23,15 @@ CpuIsa detect_once() {
   __builtin_cpu_init();
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
+    // The AVX-512 kernels are built for F, BW, VL and DQ (the CPU check also
+    // covers OS support for the state); kernels without an AVX-512 version
+    // run their AVX2 one at that level.
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      return CpuIsa::avx512;
     return CpuIsa::avx2;
+  }
 #endif
   return CpuIsa::scalar;
 }
@@ -51,7 +58,6 @@ CpuIsa cpu_isa() {
 }
 
 CpuIsa cpu_isa_set(CpuIsa isa) {
-  // No AVX-512 kernels yet: that level runs the AVX2 ones, so it clamps too.
   CpuIsa best = cpu_isa_detect();
   CpuIsa v = (int)isa > (int)best ? best : isa;
   if ((int)v < 0) v = CpuIsa::scalar;
@@ -71,7 +77,9 @@ const char* cpu_isa_name(CpuIsa isa) {
 void matmul(uint32_t wtype, const void* w, size_t k, size_t r0, size_t r1, const float* x,
             size_t ldx, size_t n_rows_x, float* y, size_t ldy, float* scratch) {
   if (r0 >= r1 || n_rows_x == 0) return;
-  if (use_avx2())
+  if (cpu_isa() >= CpuIsa::avx512)
+    avx512::matmul(wtype, w, k, r0, r1, x, ldx, n_rows_x, y, ldy, scratch);
+  else if (use_avx2())
     avx2::matmul(wtype, w, k, r0, r1, x, ldx, n_rows_x, y, ldy, scratch);
   else
     scalar::matmul(wtype, w, k, r0, r1, x, ldx, n_rows_x, y, ldy, scratch);
@@ -149,6 +157,7 @@ void run_rows(const AttnArgs& a, uint32_t kv_head, detail::AttnRows& rows) {
     rows.st[r]->l = 0.0f;
     memset(rows.acc[r], 0, a.layout->head_dim * sizeof(float));
   }
+  if (cpu_isa() >= CpuIsa::avx512 && avx512::attn_rows(a, kv_head, rows)) return;
   if (use_avx2() && avx2::attn_rows(a, kv_head, rows)) return;
   scalar::attn_rows(a, kv_head, rows);
 }

@@ -2,12 +2,13 @@
 // q8 and q4 caches, one query over a long context, through the CPU backend.
 // Build: c++ -O2 -std=c++20 -I. -Isrc -Iinclude tests/unit/bench-attention-quant.cpp
 //        BUILD/src/libkvrt.a -lpthread -o bench-attention-quant
-// Run:   bench-attention-quant THREADS DEPTH[,DEPTH...] [REPEATS]
+// Run:   bench-attention-quant [THREADS[,THREADS...] [DEPTH[,DEPTH...] [REPEATS]]]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -33,85 +34,122 @@ double seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// One cache of `depth` tokens in format fmt (q8/q4 blocks use an f16 stage
+// for the tail, here empty because depth is a multiple of the block).
+struct Bench {
+  KvLayout lay, stage_lay;
+  std::vector<std::vector<uint8_t>> blocks;
+  std::vector<const uint8_t*> ptrs;
+  std::vector<uint8_t> stage;
+  size_t bytes = 0;  // cache bytes one call reads
+};
+
+void fill(Bench& b, uint32_t fmt, uint32_t depth) {
+  kv_layout_init(&b.lay, 1, kKv, kHd, kBt, fmt, fmt);
+  kv_layout_init(&b.stage_lay, 1, kKv, kHd, kBt, KV_F16, KV_F16);
+  const uint32_t n_blocks = (depth + kBt - 1) / kBt;
+  // Separate allocations per block, like pool slabs, filled with codes of
+  // random data (the speed does not depend on the values).
+  b.blocks.assign(n_blocks, std::vector<uint8_t>(b.lay.block_bytes));
+  std::vector<float> rows((size_t)kBt * kHd);
+  uint64_t r = 88172645463325252ull;
+  auto rnd = [&] {
+    r ^= r << 13; r ^= r >> 7; r ^= r << 17;
+    return (float)((r >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+  };
+  for (auto& blk : b.blocks) {
+    for (uint32_t h = 0; h < kKv; ++h) {
+      for (auto& f : rows) f = rnd();
+      if (fmt == KV_F16) {
+        kv_store(KV_F16, blk.data() + kv_k_offset(b.lay, 0, h), rows.data(), rows.size());
+        kv_store(KV_F16, blk.data() + kv_v_offset(b.lay, 0, h), rows.data(), rows.size());
+      } else {
+        kvq_quantize_k(fmt, blk.data() + kv_k_offset(b.lay, 0, h), rows.data(), kHd, kBt, kBt, kHd);
+        kvq_quantize_v(fmt, blk.data() + kv_v_offset(b.lay, 0, h), rows.data(), kHd, kBt, kBt, kHd);
+      }
+    }
+    b.ptrs.push_back(blk.data());
+  }
+  b.stage.assign(b.stage_lay.block_bytes, 0);
+  b.bytes = (size_t)n_blocks * kKv * (b.lay.k_head_bytes + b.lay.v_head_bytes);
+}
+
+double thread_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const unsigned nt = argc > 1 ? (unsigned)std::atoi(argv[1]) : 2;
-  std::vector<uint32_t> depths;
-  for (const char* p = argc > 2 ? argv[2] : "4096,16384"; *p;) {
-    depths.push_back((uint32_t)std::strtoul(p, const_cast<char**>(&p), 10));
-    if (*p == ',') ++p;
-  }
-  const int reps = argc > 3 ? std::atoi(argv[3]) : 15;
-  kvrt::ThreadPool pool(nt);
-  kvrt::CpuBackend be(pool);
-  std::printf("threads %u, %u heads / %u KV heads of %u, blocks of %u; median of %d calls\n", nt,
+  std::vector<uint32_t> threads, depths;
+  auto list = [](const char* p, std::vector<uint32_t>& out) {
+    while (*p) {
+      out.push_back((uint32_t)std::strtoul(p, const_cast<char**>(&p), 10));
+      if (*p == ',') ++p;
+    }
+  };
+  list(argc > 1 ? argv[1] : "1,2", threads);
+  list(argc > 2 ? argv[2] : "4096,16384", depths);
+  const int reps = argc > 3 ? std::atoi(argv[3]) : 31;
+  const uint32_t fmts[3] = {KV_F16, KV_Q8, KV_Q4};
+  const char* names[3] = {"f16", "q8", "q4"};
+  std::printf("%u heads / %u KV heads of %u, blocks of %u; medians of %d calls, formats interleaved\n",
               kHeads, kKv, kHd, kBt, reps);
-  std::printf("%8s %6s %12s %10s\n", "depth", "kv", "us/layer", "vs f16");
-  for (uint32_t depth : depths) {
-    double f16_us = 0;
-    for (uint32_t fmt : {KV_F16, KV_Q8, KV_Q4}) {
-      KvLayout lay, stage_lay;
-      kv_layout_init(&lay, 1, kKv, kHd, kBt, fmt, fmt);
-      kv_layout_init(&stage_lay, 1, kKv, kHd, kBt, KV_F16, KV_F16);
-      const uint32_t n_blocks = (depth + kBt - 1) / kBt;
-      // Separate allocations per block, like pool slabs, filled with codes of
-      // random data (the speed does not depend on the values).
-      std::vector<std::vector<uint8_t>> blocks(n_blocks, std::vector<uint8_t>(lay.block_bytes));
-      std::vector<const uint8_t*> ptrs;
-      std::vector<float> rows((size_t)kBt * kHd);
-      uint64_t r = 88172645463325252ull;
-      auto rnd = [&] {
-        r ^= r << 13; r ^= r >> 7; r ^= r << 17;
-        return (float)((r >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
-      };
-      for (auto& b : blocks) {
-        for (uint32_t h = 0; h < kKv; ++h) {
-          for (auto& f : rows) f = rnd();
-          if (fmt == KV_F16) {
-            kv_store(KV_F16, b.data() + kv_k_offset(lay, 0, h), rows.data(), rows.size());
-            kv_store(KV_F16, b.data() + kv_v_offset(lay, 0, h), rows.data(), rows.size());
-          } else {
-            kvq_quantize_k(fmt, b.data() + kv_k_offset(lay, 0, h), rows.data(), kHd, kBt, kBt, kHd);
-            kvq_quantize_v(fmt, b.data() + kv_v_offset(lay, 0, h), rows.data(), kHd, kBt, kBt, kHd);
-          }
-        }
-        ptrs.push_back(b.data());
-      }
-      std::vector<uint8_t> stage(stage_lay.block_bytes, 0);
+  std::printf("%3s %7s %4s %10s %8s %8s %10s\n", "thr", "depth", "kv", "us/layer", "GB/s", "vs f16",
+              "cpu us/1t");
+  for (uint32_t nt : threads) {
+    kvrt::ThreadPool pool(nt);
+    kvrt::CpuBackend be(pool);
+    for (uint32_t depth : depths) {
+      Bench b[3];
+      for (int f = 0; f < 3; ++f) fill(b[f], fmts[f], depth);
       std::vector<float> q(kHeads * kHd), out(q.size());
-      for (auto& f : q) f = rnd();
+      for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.37 * (double)i);
       kvrt::BackendScratch s;
       std::vector<AttnPartial> parts(kvrt::CpuBackend::attention_partials_needed(nt, kHeads, depth));
       std::vector<float> pacc((parts.size() + kvrt::CpuBackend::kMaxSplit) * kHd);
       s.parts = parts.data();
       s.part_acc = pacc.data();
       s.part_capacity = parts.size();
-      AttnArgs a{};
-      a.layout = &lay;
-      a.blocks = ptrs.data();
-      a.q = q.data();
-      a.out = out.data();
-      a.q_stride = q.size();
-      a.n_q = 1;
-      a.n_head = kHeads;
-      a.pos0 = (int32_t)depth - 1;
-      a.scale = 1.0f / std::sqrt((float)kHd);
-      QAttnArgs qa{};
-      qa.base = a;
-      qa.stage_layout = &stage_lay;
-      qa.stage = stage.data();
-      qa.n_quant_blocks = depth / kBt;
-      std::vector<double> t;
-      for (int i = 0; i < reps + 2; ++i) {
-        double t0 = seconds();
-        if (fmt == KV_F16) be.attention(a, s); else be.attention_quant(qa, s);
-        if (i >= 2) t.push_back(seconds() - t0);  // two warm-up calls
+      AttnArgs a[3];
+      QAttnArgs qa[3];
+      for (int f = 0; f < 3; ++f) {
+        a[f] = AttnArgs{};
+        a[f].layout = &b[f].lay;
+        a[f].blocks = b[f].ptrs.data();
+        a[f].q = q.data();
+        a[f].out = out.data();
+        a[f].q_stride = q.size();
+        a[f].n_q = 1;
+        a[f].n_head = kHeads;
+        a[f].pos0 = (int32_t)depth - 1;
+        a[f].scale = 1.0f / std::sqrt((float)kHd);
+        qa[f] = QAttnArgs{};
+        qa[f].base = a[f];
+        qa[f].stage_layout = &b[f].stage_lay;
+        qa[f].stage = b[f].stage.data();
+        qa[f].n_quant_blocks = depth / kBt;
       }
-      const double us = median(t) * 1e6;
-      if (fmt == KV_F16) f16_us = us;
-      std::printf("%8u %6s %12.1f %9.2fx\n", depth, fmt == KV_F16 ? "f16" : fmt == KV_Q8 ? "q8" : "q4",
-                  us, us / f16_us);
+      std::vector<double> t[3], cpu[3];
+      for (int i = 0; i < reps + 2; ++i)
+        for (int f = 0; f < 3; ++f) {
+          const double t0 = seconds(), c0 = thread_cpu_seconds();
+          if (fmts[f] == KV_F16) be.attention(a[f], s); else be.attention_quant(qa[f], s);
+          if (i >= 2) {  // two warm-up rounds
+            t[f].push_back(seconds() - t0);
+            cpu[f].push_back(thread_cpu_seconds() - c0);
+          }
+        }
+      double f16_us = 0;
+      for (int f = 0; f < 3; ++f) {
+        const double us = median(t[f]) * 1e6;
+        if (f == 0) f16_us = us;
+        // The calling thread's CPU time is meaningful alone with one thread.
+        std::printf("%3u %7u %4s %10.1f %8.2f %7.2fx %10.1f\n", nt, depth, names[f], us,
+                    (double)b[f].bytes / (us * 1e3), us / f16_us, median(cpu[f]) * 1e6);
+      }
     }
   }
   return 0;

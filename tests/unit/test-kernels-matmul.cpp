@@ -105,10 +105,12 @@ void sweep(uint32_t type, const std::vector<size_t>& ks) {
     const size_t rows = 13;
     Weights w = make_weights(type, k, rows, rng);
     const size_t ranges[][2] = {{0, 13}, {3, 13}, {1, 2}, {5, 12}, {2, 10}};
-    const size_t ms[] = {1, 2, 3, 17, 64};
+    // Row counts hitting every tile height and remainder of each ISA's
+    // prefill blocking (6 and 8 rows for AVX-512, 3 and 4 for AVX2).
+    const size_t ms[] = {1, 2, 3, 6, 7, 13, 17, 64};
     for (auto& rr : ranges)
       for (size_t m : ms) {
-        if (k >= 2048 && m == 64 && rr[0] != 3) continue;  // keep the run short
+        if (k >= 2048 && m > 3 && rr[0] != 3) continue;  // keep the run short
         run_case(w, rr[0], rr[1], m, rng);
       }
   }
@@ -143,6 +145,15 @@ void test_isa_set(void** state) {
   assert_true((int)top <= (int)cpu_isa_detect());
   assert_int_equal((int)cpu_isa(), (int)top);
   assert_string_equal(cpu_isa_name(CpuIsa::avx2), "avx2");
+#if defined(__x86_64__)
+  // A CPU with the AVX-512 subsets the kernels are built for must get them,
+  // or their tests here would silently not run.
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    assert_int_equal((int)cpu_isa_detect(), (int)CpuIsa::avx512);
+#endif
   cpu_isa_set(cpu_isa_detect());
 }
 

@@ -144,7 +144,7 @@ void test_kernel_levels(void**) {
   kt::Rng rng(21);
   char ctx[160];
   for (auto& fp : kPairs)
-    for (uint32_t hd : {8u, 64u, 80u, 128u, 33u})
+    for (uint32_t hd : {8u, 64u, 80u, 96u, 128u, 33u})
       for (uint32_t n_tokens : {1u, 16u, 37u, 131u}) {
         const uint32_t n_kv = 2, n_head = hd == 64 ? 20 : 6, n_q = std::min(n_tokens, 3u), layer = 1;
         QCache c = make(2, n_kv, hd, 16, fp[0], fp[1], n_tokens, rng);

@@ -9,6 +9,8 @@ namespace kvrt {
 
 // Rows per task are a multiple of this, so tasks write whole cache lines.
 static constexpr size_t kRowQuantum = 16;
+// Row pieces per thread in one matrix product (see matmul_multi).
+static constexpr size_t kPiecesPerThread = 8;
 // Contexts shorter than this are not split by position.
 static constexpr uint32_t kMinSplitPositions = 512;
 static constexpr unsigned kMaxPieces = CpuBackend::kMaxThreads + CpuBackend::kMaxMats;
@@ -30,17 +32,20 @@ void CpuBackend::matmul(const MatRef& w, const float* x, size_t n_x, float* y, s
 void CpuBackend::matmul_multi(const MatRef* w, float* const* y, const size_t* ldy,
                               size_t n_mats, const float* x, size_t n_x,
                               BackendScratch& s) const {
-  // Cut the rows of all matrices into pieces of about total / threads rows
-  // (a piece never spans two matrices), claimed dynamically by the threads.
+  // Cut the rows of all matrices into about kPiecesPerThread pieces per
+  // thread (a piece never spans two matrices), claimed dynamically: a thread
+  // that runs slow or is preempted by another process then delays the
+  // region by one small piece, not by half of the matrix.
   size_t total = 0;
   for (size_t i = 0; i < n_mats; ++i) total += w[i].rows;
   const unsigned nt = pool_.size();
-  size_t per = (total + nt - 1) / nt;
+  const size_t target = nt <= 1 ? 1 : std::min<size_t>(size_t{nt} * kPiecesPerThread, kMaxThreads);
+  size_t per = (total + target - 1) / target;
   per = std::max(kRowQuantum, (per + kRowQuantum - 1) / kRowQuantum * kRowQuantum);
   Piece pieces[kMaxPieces];
   unsigned n_pieces = 0;
   for (size_t m = 0; m < n_mats; ++m) {
-    // pieces <= threads + matrices, which kMaxThreads and kMaxMats bound
+    // pieces <= target + matrices <= kMaxThreads + kMaxMats
     for (size_t r = 0; r < w[m].rows; r += per)
       pieces[n_pieces++] = {m, r, std::min<size_t>(w[m].rows, r + per)};
   }

@@ -1,0 +1,189 @@
+// AVX2 + FMA + F16C attention over paged K/V blocks in f32, f16 or bf16.
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "../common/fp16.h"
+#include "cpu-kernels-impl.h"
+#include "simd-avx2.h"
+
+namespace kvrt_k {
+namespace avx2 {
+
+using namespace simd;
+
+namespace {
+
+// Scores, softmax update and V accumulation for R rows over one run of at
+// most ATTN_CHUNK_TOKENS keys that lie in one block (contiguous in memory).
+template <uint32_t KF, uint32_t VF, int R>
+void attn_chunk(const detail::AttnRows& rows, size_t hd, float scale, const uint8_t* kp,
+                const uint8_t* vp, uint32_t t, uint32_t n) {
+  constexpr size_t ek = elem_bytes(KF), ev = elem_bytes(VF);
+  alignas(32) float s[R][detail::ATTN_CHUNK_TOKENS];
+  for (uint32_t j = 0; j < n; ++j) {
+    const uint8_t* krow = kp + j * hd * ek;
+    // Two partial sums per row halve the FMA dependency chain.
+    __m256 acc[2][R];
+    for (int r = 0; r < R; ++r) acc[0][r] = acc[1][r] = _mm256_setzero_ps();
+    size_t d = 0;
+    for (; d + 16 <= hd; d += 16)
+      for (int h = 0; h < 2; ++h) {
+        __m256 kv = load8<KF>(krow + (d + 8 * h) * ek);
+        for (int r = 0; r < R; ++r)
+          acc[h][r] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(rows.q[r] + d + 8 * h), acc[h][r]);
+      }
+    if (d < hd) {
+      __m256 kv = load8<KF>(krow + d * ek);
+      for (int r = 0; r < R; ++r)
+        acc[0][r] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(rows.q[r] + d), acc[0][r]);
+    }
+    for (int r = 0; r < R; ++r)
+      s[r][j] = t + j < rows.t_end[r] ? scale * hsum(_mm256_add_ps(acc[0][r], acc[1][r]))
+                                      : -INFINITY;
+  }
+  // Pad to whole vectors with -inf so the vector max/exp below see no garbage.
+  const uint32_t n8 = (n + 7) & ~7u;
+  for (int r = 0; r < R; ++r)
+    for (uint32_t j = n; j < n8; ++j) s[r][j] = -INFINITY;
+
+  for (int r = 0; r < R; ++r) {
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (uint32_t j = 0; j < n8; j += 8) mx = _mm256_max_ps(mx, _mm256_load_ps(&s[r][j]));
+    float cmax = hmax(mx);
+    AttnPartial* st = rows.st[r];
+    if (cmax == -INFINITY) {  // nothing visible for this row here
+      for (uint32_t j = 0; j < n8; ++j) s[r][j] = 0.0f;
+      continue;
+    }
+    float m_new = cmax > st->m ? cmax : st->m;
+    float alpha = expf(st->m - m_new);
+    __m256 mv = _mm256_set1_ps(m_new), lsum = _mm256_setzero_ps();
+    for (uint32_t j = 0; j < n8; j += 8) {
+      __m256 p = exp_ps(_mm256_sub_ps(_mm256_load_ps(&s[r][j]), mv));
+      _mm256_store_ps(&s[r][j], p);
+      lsum = _mm256_add_ps(lsum, p);
+    }
+    st->l = st->l * alpha + hsum(lsum);
+    st->m = m_new;
+    if (alpha != 1.0f) {
+      __m256 av = _mm256_set1_ps(alpha);
+      for (size_t d = 0; d < hd; d += 8)
+        _mm256_storeu_ps(rows.acc[r] + d, _mm256_mul_ps(_mm256_loadu_ps(rows.acc[r] + d), av));
+    }
+  }
+
+  // Even and odd keys feed separate accumulators (when registers allow) so
+  // the per-row FMA chains are half as long.
+  constexpr int C = R <= 4 ? 2 : 1;
+  for (size_t d = 0; d < hd; d += 8) {
+    __m256 o[C][R];
+    for (int r = 0; r < R; ++r) {
+      o[0][r] = _mm256_loadu_ps(rows.acc[r] + d);
+      if constexpr (C == 2) o[C - 1][r] = _mm256_setzero_ps();
+    }
+    uint32_t j = 0;
+    for (; j + C <= n; j += C)
+      for (int c = 0; c < C; ++c) {
+        __m256 vv = load8<VF>(vp + ((j + c) * hd + d) * ev);
+        for (int r = 0; r < R; ++r)
+          o[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(s[r][j + c]), vv, o[c][r]);
+      }
+    for (; j < n; ++j) {
+      __m256 vv = load8<VF>(vp + (j * hd + d) * ev);
+      for (int r = 0; r < R; ++r) o[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(s[r][j]), vv, o[0][r]);
+    }
+    for (int r = 0; r < R; ++r) {
+      __m256 v = o[0][r];
+      if constexpr (C == 2) v = _mm256_add_ps(v, o[C - 1][r]);
+      _mm256_storeu_ps(rows.acc[r] + d, v);
+    }
+  }
+}
+
+template <uint32_t KF, uint32_t VF, int R>
+void attn_rows_t(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {
+  const KvLayout& L = *a.layout;
+  const size_t hd = L.head_dim;
+  const size_t koff = kv_k_offset(L, a.layer, kv_head), voff = kv_v_offset(L, a.layer, kv_head);
+  uint32_t t_max = 0;
+  for (int r = 0; r < R; ++r) t_max = rows.t_end[r] > t_max ? rows.t_end[r] : t_max;
+  const uint32_t bt = L.block_tokens;
+  // Blocks come through the block table, scattered in memory, so hardware
+  // prefetchers (which stop at page edges) do not see the stream: fetch keys
+  // and values kPrefetchTokens ahead, far enough to cover DRAM latency.
+  constexpr uint32_t kPrefetchTokens = 128;
+  const size_t krow = hd * elem_bytes(KF), vrow = hd * elem_bytes(VF);
+  uint32_t pf = rows.t0;  // first position not yet prefetched
+  auto prefetch_to = [&](uint32_t end) {
+    if (end > t_max) end = t_max;
+    while (pf < end) {
+      const uint32_t slot = pf % bt;
+      uint32_t n = bt - slot;
+      if (n > end - pf) n = end - pf;
+      const uint8_t* blk = a.blocks[pf / bt];
+      const char* kp = (const char*)(blk + koff + slot * krow);
+      const char* vp = (const char*)(blk + voff + slot * vrow);
+      // Runs need not start on a cache line: cover every line they touch.
+      for (uintptr_t x = (uintptr_t)kp & ~(uintptr_t)63; x < (uintptr_t)kp + n * krow; x += 64)
+        _mm_prefetch((const char*)x, _MM_HINT_T0);
+      for (uintptr_t x = (uintptr_t)vp & ~(uintptr_t)63; x < (uintptr_t)vp + n * vrow; x += 64)
+        _mm_prefetch((const char*)x, _MM_HINT_T0);
+      pf += n;
+    }
+  };
+  for (uint32_t t = rows.t0; t < t_max;) {
+    const uint32_t slot = t % bt;
+    uint32_t n = bt - slot;
+    if (n > t_max - t) n = t_max - t;
+    if (n > detail::ATTN_CHUNK_TOKENS) n = detail::ATTN_CHUNK_TOKENS;
+    const uint8_t* blk = a.blocks[t / bt];
+    prefetch_to(t + n + kPrefetchTokens);
+    attn_chunk<KF, VF, R>(rows, hd, a.scale, blk + koff + slot * krow, blk + voff + slot * vrow, t, n);
+    t += n;
+  }
+}
+
+template <uint32_t KF, uint32_t VF>
+void attn_rows_f(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {
+  switch (rows.n) {
+    case 1: attn_rows_t<KF, VF, 1>(a, kv_head, rows); break;
+    case 2: attn_rows_t<KF, VF, 2>(a, kv_head, rows); break;
+    case 3: attn_rows_t<KF, VF, 3>(a, kv_head, rows); break;
+    case 4: attn_rows_t<KF, VF, 4>(a, kv_head, rows); break;
+    case 5: attn_rows_t<KF, VF, 5>(a, kv_head, rows); break;
+    case 6: attn_rows_t<KF, VF, 6>(a, kv_head, rows); break;
+    case 7: attn_rows_t<KF, VF, 7>(a, kv_head, rows); break;
+    case 8: attn_rows_t<KF, VF, 8>(a, kv_head, rows); break;
+    default: break;
+  }
+}
+
+// KV formats share their numbers with the weight formats for f32 and f16;
+// bf16 differs (KV_BF16 = 2, W_BF16 = 30), hence the mapping.
+constexpr uint32_t wfmt(uint32_t kvf) { return kvf == KV_F32 ? W_F32 : kvf == KV_F16 ? W_F16 : W_BF16; }
+
+template <uint32_t KF>
+bool attn_rows_k(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {
+  switch (a.layout->v_format) {
+    case KV_F32: attn_rows_f<KF, W_F32>(a, kv_head, rows); return true;
+    case KV_F16: attn_rows_f<KF, W_F16>(a, kv_head, rows); return true;
+    case KV_BF16: attn_rows_f<KF, W_BF16>(a, kv_head, rows); return true;
+    default: return false;
+  }
+}
+
+}  // namespace
+
+bool attn_rows(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {
+  if (a.layout->head_dim % 8 != 0 || rows.n == 0 || rows.n > detail::ATTN_MAX_ROWS) return false;
+  switch (a.layout->k_format) {
+    case KV_F32: return attn_rows_k<wfmt(KV_F32)>(a, kv_head, rows);
+    case KV_F16: return attn_rows_k<wfmt(KV_F16)>(a, kv_head, rows);
+    case KV_BF16: return attn_rows_k<wfmt(KV_BF16)>(a, kv_head, rows);
+    default: return false;
+  }
+}
+
+}  // namespace avx2
+}  // namespace kvrt_k
