@@ -1,5 +1,6 @@
-// `kvrt run`: tokenizes a prompt, prefills it, then samples and streams the
-// generated text to stdout; timings and KV use go to stderr.
+// `kvrt run`: tokenizes a prompt (or loads a saved session), prefills it,
+// then samples and streams the generated text to stdout, optionally saving
+// the session at the end; timings and KV use go to stderr.
 #include <unistd.h>
 
 #include <cstdio>
@@ -33,6 +34,14 @@ void print_help() {
       "  -t, --threads N     worker threads; 0 is one per core (default 0)\n"
       "      --ctx N         most tokens the session holds (default: the model's context)\n"
       "      --budget SIZE   KV cache budget, such as 512M or 2G (default 1G)\n"
+      "      --save FILE     after generating, save the session (all generated tokens\n"
+      "                      fed back) and its sampler state to FILE\n"
+      "      --load FILE     continue the session saved in FILE instead of starting from a\n"
+      "                      prompt (-p, --kv and --ctx are refused): prints only the N new\n"
+      "                      tokens. The saved sampler continues where it stopped unless\n"
+      "                      --temp, --top-k, --top-p or --seed is given; then the sampler is\n"
+      "                      set anew from those, the saved values filling the others, and\n"
+      "                      restarts from its seed\n"
       "  -h, --help          this text\n");
 }
 
@@ -46,6 +55,10 @@ struct RunOptions {
   uint32_t n_threads = 0;
   uint32_t n_ctx = 0;
   uint64_t budget_bytes = 0;
+  std::string save_path, load_path;
+  bool sampler_given = false, temp_given = false, top_k_given = false, top_p_given = false,
+       seed_given = false;
+  bool prompt_given = false, kv_given = false, ctx_given = false;
 };
 
 std::string token_piece(const kvrt_model* model, int32_t token) {
@@ -78,24 +91,35 @@ int cmd_run(int argc, char** argv) {
       o.model = a.value();
     } else if (a.is("-p", "--prompt")) {
       o.prompt = a.value();
+      o.prompt_given = true;
     } else if (a.is("-n", "--n-predict")) {
       o.n_predict = parse_u32(opt, a.value());
     } else if (a.is("--temp")) {
       o.sampler.temperature = parse_float(opt, a.value());
       if (o.sampler.temperature < 0) usage_error("--temp must be >= 0");
+      o.temp_given = true;
     } else if (a.is("--top-k")) {
       o.sampler.top_k = parse_u32(opt, a.value());
+      o.top_k_given = true;
     } else if (a.is("--top-p")) {
       o.sampler.top_p = parse_float(opt, a.value());
       if (!(o.sampler.top_p > 0 && o.sampler.top_p <= 1)) usage_error("--top-p must be in (0, 1]");
+      o.top_p_given = true;
     } else if (a.is("--seed")) {
       o.sampler.seed = parse_u64(opt, a.value());
+      o.seed_given = true;
     } else if (a.is("--kv")) {
       parse_kv_pair(opt, a.value(), &o.format_k, &o.format_v);
+      o.kv_given = true;
     } else if (a.is("-t", "--threads")) {
       o.n_threads = parse_u32(opt, a.value());
     } else if (a.is("--ctx")) {
       o.n_ctx = parse_u32(opt, a.value());
+      o.ctx_given = true;
+    } else if (a.is("--save")) {
+      o.save_path = a.value();
+    } else if (a.is("--load")) {
+      o.load_path = a.value();
     } else if (a.is("--budget")) {
       o.budget_bytes = parse_size(opt, a.value());
       if (o.budget_bytes == 0) usage_error("--budget must be above 0");
@@ -109,39 +133,78 @@ int cmd_run(int argc, char** argv) {
   ModelPtr model = load_model(runtime.get(), path);
   const kvrt_model_info info = model_info(model.get());
 
-  // Count, then tokenize the prompt with BOS first.
-  size_t n_prompt = 0;
-  check(kvrt_tokenize(model.get(), o.prompt.data(), o.prompt.size(), KVRT_TOKENIZE_ADD_BOS,
-                      nullptr, 0, &n_prompt),
-        "counting the prompt's tokens");
-  std::vector<int32_t> prompt(n_prompt);
-  check(kvrt_tokenize(model.get(), o.prompt.data(), o.prompt.size(), KVRT_TOKENIZE_ADD_BOS,
-                      prompt.data(), prompt.size(), &n_prompt),
-        "tokenizing the prompt");
-  prompt.resize(n_prompt);
-  if (prompt.empty()) throw CliError(kExitFailure, "the prompt produced no tokens");
+  o.sampler_given = o.temp_given || o.top_k_given || o.top_p_given || o.seed_given;
+  if (!o.load_path.empty()) {
+    if (o.prompt_given) usage_error("-p/--prompt cannot be used with --load: the saved session is continued");
+    if (o.kv_given || o.ctx_given)
+      usage_error("--kv and --ctx cannot be used with --load: the saved formats and context are kept");
+  }
 
-  kvrt_session_params sp;
-  kvrt_session_default_params(&sp);
-  sp.kv_format_k = o.format_k;
-  sp.kv_format_v = o.format_v;
-  sp.n_ctx = o.n_ctx;
-  kvrt_session* raw = nullptr;
-  check(kvrt_session_create(model.get(), &sp, &raw),
-        "creating a session with KV format " + kv_pair_name(o.format_k, o.format_v));
-  SessionPtr session(raw);
-  check(kvrt_session_set_sampler(session.get(), &o.sampler), "setting the sampler");
+  std::vector<float> logits(info.n_vocab);
+  SessionPtr session;
+  std::vector<int32_t> prompt;
+  double prefill_s = 0;
+  if (o.load_path.empty()) {
+    // Count, then tokenize the prompt with BOS first.
+    size_t n_prompt = 0;
+    check(kvrt_tokenize(model.get(), o.prompt.data(), o.prompt.size(), KVRT_TOKENIZE_ADD_BOS,
+                        nullptr, 0, &n_prompt),
+          "counting the prompt's tokens");
+    prompt.resize(n_prompt);
+    check(kvrt_tokenize(model.get(), o.prompt.data(), o.prompt.size(), KVRT_TOKENIZE_ADD_BOS,
+                        prompt.data(), prompt.size(), &n_prompt),
+          "tokenizing the prompt");
+    prompt.resize(n_prompt);
+    if (prompt.empty()) throw CliError(kExitFailure, "the prompt produced no tokens");
+
+    kvrt_session_params sp;
+    kvrt_session_default_params(&sp);
+    sp.kv_format_k = o.format_k;
+    sp.kv_format_v = o.format_v;
+    sp.n_ctx = o.n_ctx;
+    kvrt_session* raw = nullptr;
+    check(kvrt_session_create(model.get(), &sp, &raw),
+          "creating a session with KV format " + kv_pair_name(o.format_k, o.format_v));
+    session.reset(raw);
+    check(kvrt_session_set_sampler(session.get(), &o.sampler), "setting the sampler");
+    const double t_prefill0 = now_seconds();
+    check(kvrt_decode_step(session.get(), prompt.data(), prompt.size(), logits.data(), logits.size()),
+          "prefilling " + std::to_string(prompt.size()) + " prompt tokens");
+    prefill_s = now_seconds() - t_prefill0;
+  } else {
+    kvrt_session* raw = nullptr;
+    const double t0 = now_seconds();
+    check(kvrt_session_load(model.get(), o.load_path.c_str(), nullptr, &raw), "loading the session " + o.load_path);
+    session.reset(raw);
+    const double load_s = now_seconds() - t0;
+    if (o.sampler_given) {
+      // Options not given keep the saved values; the generator restarts from the seed.
+      kvrt_snapshot_info si{};
+      si.struct_size = sizeof si;
+      check(kvrt_snapshot_inspect(o.load_path.c_str(), nullptr, &si), "reading the sampler of " + o.load_path);
+      if (!o.temp_given) o.sampler.temperature = si.temperature;
+      if (!o.top_k_given) o.sampler.top_k = static_cast<uint32_t>(si.top_k);
+      if (!o.top_p_given) o.sampler.top_p = si.top_p;
+      if (!o.seed_given) o.sampler.seed = si.seed;
+      check(kvrt_session_set_sampler(session.get(), &o.sampler), "setting the sampler");
+    }
+    // The snapshot holds no logits: step back one token and decode it again
+    // (the same single-token step the saved run made, so the same logits).
+    size_t n_saved = 0;
+    check(kvrt_session_get_tokens(session.get(), nullptr, 0, &n_saved), "counting the saved tokens");
+    if (n_saved == 0) throw CliError(kExitFailure, o.load_path + ": the saved session holds no tokens");
+    prompt.resize(n_saved);
+    check(kvrt_session_get_tokens(session.get(), prompt.data(), prompt.size(), &n_saved));
+    const int32_t last = prompt.back();
+    check(kvrt_session_rewind(session.get(), n_saved - 1), "stepping back one token");
+    check(kvrt_decode_step(session.get(), &last, 1, logits.data(), logits.size()), "decoding the last saved token");
+    std::fprintf(stderr, "kvrt: loaded %zu tokens from %s in %.2f ms\n", n_saved, o.load_path.c_str(), load_s * 1e3);
+  }
 
   kvrt_session_stats stats{};
   stats.struct_size = sizeof stats;
   check(kvrt_session_get_stats(session.get(), &stats));
   const uint32_t n_ctx = stats.n_ctx;
-
-  std::vector<float> logits(info.n_vocab);
-  const double t_prefill0 = now_seconds();
-  check(kvrt_decode_step(session.get(), prompt.data(), prompt.size(), logits.data(), logits.size()),
-        "prefilling " + std::to_string(prompt.size()) + " prompt tokens");
-  const double prefill_s = now_seconds() - t_prefill0;
 
   uint32_t n_generated = 0;
   uint32_t n_steps = 0;
@@ -159,7 +222,8 @@ int cmd_run(int argc, char** argv) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
     ++n_generated;
-    if (n_generated == o.n_predict) break;  // the last token need not be fed back
+    // The last token need not be fed back, unless the session is saved.
+    if (n_generated == o.n_predict && o.save_path.empty()) break;
     if (n_in_cache >= n_ctx) {
       stop_reason = "context full";
       break;
@@ -170,13 +234,17 @@ int cmd_run(int argc, char** argv) {
     decode_s += now_seconds() - t0;
     ++n_steps;
     ++n_in_cache;
+    if (n_generated == o.n_predict) break;
   }
   if (isatty(STDOUT_FILENO)) std::fputc('\n', stdout);
   std::fflush(stdout);
 
   check(kvrt_session_get_stats(session.get(), &stats));
-  std::fprintf(stderr, "\nkvrt: prompt %zu tokens, prefill %.1f tokens/s (%.2f ms)\n",
-               prompt.size(), prefill_s > 0 ? prompt.size() / prefill_s : 0.0, prefill_s * 1e3);
+  if (o.load_path.empty())
+    std::fprintf(stderr, "\nkvrt: prompt %zu tokens, prefill %.1f tokens/s (%.2f ms)\n",
+                 prompt.size(), prefill_s > 0 ? prompt.size() / prefill_s : 0.0, prefill_s * 1e3);
+  else
+    std::fprintf(stderr, "\nkvrt: resumed after %zu saved tokens\n", prompt.size());
   std::fprintf(stderr, "kvrt: generated %u tokens (stopped: %s), decode %.1f tokens/s (%.3f ms/token over %u steps)\n",
                n_generated, stop_reason, decode_s > 0 ? n_steps / decode_s : 0.0,
                n_steps > 0 ? decode_s * 1e3 / n_steps : 0.0, n_steps);
@@ -185,6 +253,17 @@ int cmd_run(int argc, char** argv) {
                stats.n_blocks, stats.block_tokens, static_cast<unsigned long long>(stats.kv_bytes),
                format_bytes(stats.kv_bytes).c_str(),
                static_cast<unsigned long long>(stats.kv_bytes_per_token));
+  if (!o.save_path.empty()) {
+    const double t0 = now_seconds();
+    check(kvrt_session_save(session.get(), o.save_path.c_str(), nullptr), "saving the session to " + o.save_path);
+    const double save_s = now_seconds() - t0;
+    kvrt_snapshot_info si{};
+    si.struct_size = sizeof si;
+    check(kvrt_snapshot_inspect(o.save_path.c_str(), nullptr, &si), "checking " + o.save_path);
+    std::fprintf(stderr, "kvrt: saved %u tokens to %s: %llu bytes (%s) in %.2f ms\n", si.n_tokens,
+                 o.save_path.c_str(), static_cast<unsigned long long>(si.total_bytes),
+                 format_bytes(si.total_bytes).c_str(), save_s * 1e3);
+  }
   return kExitOk;
 }
 

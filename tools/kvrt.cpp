@@ -9,6 +9,7 @@
 
 namespace kvrt_tools {
 int cmd_eval_kv(int argc, char** argv);  // cmd-eval-kv.cpp
+int cmd_inspect(int argc, char** argv);  // cmd-inspect.cpp
 }  // namespace kvrt_tools
 
 namespace {
@@ -25,6 +26,7 @@ const Command kCommands[] = {
     {"synth", kvrt_tools::cmd_synth, "write a llama-architecture GGUF model with random weights"},
     {"bench", kvrt_tools::cmd_bench, "measure prefill and decode speed (and the memory roofline)"},
     {"eval-kv", kvrt_tools::cmd_eval_kv, "KL divergence and top-1 agreement of a KV format vs f32"},
+    {"inspect", kvrt_tools::cmd_inspect, "print a session snapshot's header and sizes; verify its checksums"},
 };
 
 void print_usage(FILE* out) {

@@ -667,10 +667,9 @@ KVRT_API void kvrt_snapshot_default_params(kvrt_snapshot_params* params);
  *         a compression level outside zstd's range, a nonzero reserved
  *         field); ::KVRT_ERR_STRUCT_SIZE; ::KVRT_ERR_IO (the folder is not
  *         writable, a write, sync or rename failed; the message names the
- *         path and the system's reason); ::KVRT_ERR_UNSUPPORTED (a session
- *         with quantized (q8, q4) KV formats: only f32 and f16 sessions can
- *         be saved so far); ::KVRT_ERR_OUT_OF_MEMORY. On error the session is
- *         unchanged.
+ *         path and the system's reason); ::KVRT_ERR_OUT_OF_MEMORY. On error
+ *         the session is unchanged. Every KV format is saved, quantized
+ *         (q8, q4) caches with their f16 tail block.
  * @note One thread at a time per session (the session is read, not changed,
  *       but it must not be decoding meanwhile).
  */
@@ -729,8 +728,8 @@ KVRT_API kvrt_status kvrt_session_load(kvrt_model* model, const char* path,
  *         @p size, NULL @p buffer with a nonzero @p capacity, a bad level or
  *         reserved field); ::KVRT_ERR_STRUCT_SIZE; ::KVRT_ERR_BUFFER_TOO_SMALL
  *         (@p size holds the bytes needed; the buffer's contents are then
- *         unspecified); ::KVRT_ERR_UNSUPPORTED (as kvrt_session_save());
- *         ::KVRT_ERR_OUT_OF_MEMORY. On error the session is unchanged.
+ *         unspecified); ::KVRT_ERR_OUT_OF_MEMORY. On error the session is
+ *         unchanged.
  * @note One thread at a time per session.
  */
 KVRT_API kvrt_status kvrt_session_save_buffer(kvrt_session* session, void* buffer,
@@ -772,8 +771,7 @@ KVRT_API kvrt_status kvrt_session_load_buffer(kvrt_model* model, const void* buf
  *         ::KVRT_ERR_IO (@p write returned nonzero; no further call is made;
  *         what was written so far is incomplete and a load of it fails with
  *         ::KVRT_ERR_CORRUPT); ::KVRT_ERR_OUT_OF_MEMORY. On error the session
- *         is unchanged and the library holds nothing from the call;
- *         ::KVRT_ERR_UNSUPPORTED (as kvrt_session_save()).
+ *         is unchanged and the library holds nothing from the call.
  * @note One thread at a time per session; @p write runs on the calling
  *       thread and must not call kvrt functions on the same session.
  */
@@ -803,6 +801,95 @@ KVRT_API kvrt_status kvrt_session_load_stream(kvrt_model* model, kvrt_read_fn re
                                               void* user,
                                               const kvrt_snapshot_params* params,
                                               kvrt_session** out);
+
+/**
+ * @brief What kvrt_snapshot_inspect() found in a snapshot: its header and
+ *        the size of each section.
+ *
+ * Set struct_size to sizeof(kvrt_snapshot_info) before the call; the library
+ * fills min(struct_size, its own size) bytes. Fields are only appended.
+ */
+typedef struct kvrt_snapshot_info {
+  uint32_t struct_size;      /**< Set by the caller to sizeof(kvrt_snapshot_info). */
+  uint32_t format_version;   /**< The snapshot format's own version (docs/snapshot-format.md). */
+  uint32_t required_flags;   /**< Features a reader must know; bit 0: quantized cache with an f16 tail stage section. */
+  uint32_t optional_flags;   /**< Features a reader may ignore (none defined). */
+  uint64_t fingerprint_lo;   /**< Low 64 bits of the model fingerprint the snapshot was made with. */
+  uint64_t fingerprint_hi;   /**< High 64 bits of the model fingerprint. */
+  uint32_t n_layer;          /**< Layers of the cache. */
+  uint32_t n_head_kv;        /**< KV heads per layer. */
+  uint32_t head_dim;         /**< Elements per head. */
+  uint32_t n_vocab;          /**< Vocabulary size of the model. */
+  uint32_t block_tokens;     /**< Positions per KV block. */
+  uint32_t kv_format_k;      /**< Key storage format, a ::kvrt_kv_format value. */
+  uint32_t kv_format_v;      /**< Value storage format, a ::kvrt_kv_format value. */
+  uint32_t n_ctx;            /**< The session's context length, tokens. */
+  uint32_t n_tokens;         /**< Tokens held by the session. */
+  uint32_t max_batch;        /**< The session's prefill batch, tokens. */
+  uint64_t block_bytes;      /**< Bytes of one KV block as stored. */
+  float temperature;         /**< Saved sampler temperature (0: greedy). */
+  int32_t top_k;             /**< Saved sampler top-k (0: all). */
+  float top_p;               /**< Saved sampler top-p. */
+  uint32_t kv_plane_width;   /**< Byte-plane width of the KV section (0: none). */
+  uint64_t seed;             /**< Seed the saved sampler was configured with. */
+  uint64_t tokens_raw_bytes;    /**< Tokens section: uncompressed bytes. */
+  uint64_t tokens_stored_bytes; /**< Tokens section: bytes in the snapshot, framing and checksums included. */
+  uint64_t kv_raw_bytes;        /**< KV section: uncompressed bytes. */
+  uint64_t kv_stored_bytes;     /**< KV section: bytes in the snapshot. */
+  uint64_t stage_raw_bytes;     /**< Stage section (quantized caches only, else 0): uncompressed bytes. */
+  uint64_t stage_stored_bytes;  /**< Stage section: bytes in the snapshot. */
+  uint64_t total_bytes;         /**< The whole snapshot, end record included. */
+} kvrt_snapshot_info;
+
+/**
+ * @brief Reads a snapshot file, verifies every checksum and value in it
+ *        without building a session, and reports its header and sizes.
+ *
+ * Without a model it needs no weights: it checks the magic, version, flags,
+ * header checksum, the values' ranges, every section's zstd frame, length
+ * and both checksums, the token ids against the header's vocabulary, and the
+ * end record. With a model it also checks, as kvrt_session_load() would, that
+ * the snapshot was made with that model (fingerprint and shapes) and that the
+ * model's runtime has the snapshot's block_tokens. It allocates the KV
+ * section's uncompressed size (to check its checksum in logical order).
+ *
+ * @param path In: file path (UTF-8, NUL-terminated). Not kept.
+ * @param model In: the model to check against, or NULL for none. Not kept.
+ * @param info In/out: struct_size set by the caller; zeroed up to it, then
+ *             filled as far as the snapshot was read: the header fields once
+ *             the header checksum holds, each section's sizes once that
+ *             section is verified, total_bytes once the end record is.
+ *             So after an error the fields read before it are still set.
+ * @return ::KVRT_OK (every check passed); ::KVRT_ERR_INVALID_ARGUMENT (NULL
+ *         @p path or @p info); ::KVRT_ERR_STRUCT_SIZE; ::KVRT_ERR_IO
+ *         (cannot open or read the file); ::KVRT_ERR_CORRUPT (as
+ *         kvrt_session_load(), also for bytes after the end record);
+ *         ::KVRT_ERR_VERSION; ::KVRT_ERR_MODEL_MISMATCH and
+ *         ::KVRT_ERR_UNSUPPORTED (only with @p model, as kvrt_session_load(),
+ *         and for a KV format this build does not know);
+ *         ::KVRT_ERR_OUT_OF_MEMORY. The message (kvrt_last_error()) names the
+ *         field or section and offset. Nothing stays allocated after the call.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_snapshot_inspect(const char* path, const kvrt_model* model,
+                                           kvrt_snapshot_info* info);
+
+/**
+ * @brief Like kvrt_snapshot_inspect(), for a snapshot in memory.
+ *
+ * @param buffer In: @p size bytes holding exactly one snapshot; not kept,
+ *               not modified.
+ * @param size In: bytes in @p buffer.
+ * @param model In: the model to check against, or NULL for none. Not kept.
+ * @param info In/out: as kvrt_snapshot_inspect().
+ * @return As kvrt_snapshot_inspect(), without ::KVRT_ERR_IO; NULL @p buffer
+ *         with a nonzero @p size, or NULL @p info, is
+ *         ::KVRT_ERR_INVALID_ARGUMENT.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_snapshot_inspect_buffer(const void* buffer, size_t size,
+                                                  const kvrt_model* model,
+                                                  kvrt_snapshot_info* info);
 
 #ifdef __cplusplus
 } /* extern "C" */

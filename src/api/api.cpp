@@ -92,6 +92,22 @@ void copy_text(char* dst, size_t cap, const char* src) {
   dst[cap - 1] = '\0';
 }
 
+// Runs an inspection into a full-size info and copies the caller's part,
+// also after an error (the fields read before it stay set).
+template <class F>
+void snapshot_inspect_into(kvrt_snapshot_info* info, F&& run) {
+  const size_t n = out_size(info, "info");
+  kvrt_snapshot_info full{};
+  full.struct_size = static_cast<uint32_t>(n);
+  try {
+    run(&full);
+  } catch (...) {
+    std::memcpy(info, &full, n);
+    throw;
+  }
+  std::memcpy(info, &full, n);
+}
+
 }  // namespace
 
 extern "C" {
@@ -564,6 +580,34 @@ KVRT_API kvrt_status kvrt_session_load_stream(kvrt_model* model, kvrt_read_fn re
     snapshot_check_load_params(params);
     kvrt::snap::CallbackSource src(read, user);
     snapshot_wrap(kvrt::snap::read_snapshot(model->m, src, "snapshot stream"), out);
+  });
+}
+
+KVRT_API kvrt_status kvrt_snapshot_inspect(const char* path, const kvrt_model* model,
+                                           kvrt_snapshot_info* info) {
+  return guard(__func__, [&] {
+    require(path, "path");
+    snapshot_inspect_into(info, [&](kvrt_snapshot_info* full) {
+      kvrt::snap::FileSource file(path);
+      kvrt::snap::inspect_snapshot(model ? model->m.get() : nullptr, file, path, full);
+      uint8_t extra;
+      if (file.read(&extra, 1) != 0)
+        kvrt::fail(KVRT_ERR_CORRUPT, "%s: data follows the snapshot's end record", path);
+    });
+  });
+}
+
+KVRT_API kvrt_status kvrt_snapshot_inspect_buffer(const void* buffer, size_t size, const kvrt_model* model,
+                                                  kvrt_snapshot_info* info) {
+  return guard(__func__, [&] {
+    if (!buffer && size) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "buffer is NULL but size = %zu", size);
+    snapshot_inspect_into(info, [&](kvrt_snapshot_info* full) {
+      kvrt::snap::MemorySource src(buffer, size);
+      kvrt::snap::inspect_snapshot(model ? model->m.get() : nullptr, src, "snapshot buffer", full);
+      if (src.remaining() != 0)
+        kvrt::fail(KVRT_ERR_CORRUPT, "snapshot buffer: %zu bytes follow the snapshot's end record",
+                   src.remaining());
+    });
   });
 }
 

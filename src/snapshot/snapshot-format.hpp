@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "engine/session.hpp"
+#include "kvrt/kvrt.h"
 
 namespace kvrt {
 
@@ -22,9 +23,12 @@ namespace snap {
 inline constexpr char kMagic[8] = {'K', 'V', 'R', 'T', 'S', 'N', 'A', 'P'};
 inline constexpr uint32_t kFormatVersion = 1;
 inline constexpr size_t kPreambleBytes = 24;  // magic, version, required and optional flags, header length
-// Feature flags this reader understands (none yet); an unknown required flag
-// means the snapshot needs a newer reader.
-inline constexpr uint32_t kKnownRequiredFlags = 0;
+// Required flag bit 0: the session's KV formats are quantized; the KV
+// section holds only the full (quantized) blocks and a stage section with
+// the f16 tail block follows it. An unknown required flag means the snapshot
+// needs a newer reader.
+inline constexpr uint32_t kFlagStage = 1u;
+inline constexpr uint32_t kKnownRequiredFlags = kFlagStage;
 
 // Header body of version 1 (offsets from the end of the preamble). Later
 // writers may append fields before the checksum, which stays last.
@@ -61,6 +65,7 @@ inline constexpr size_t kMaxHeaderBytes = 4096;
 inline constexpr uint32_t kSectionEnd = 0;  // raw-bytes field: snapshot bytes before the end record
 inline constexpr uint32_t kSectionTokens = 1;
 inline constexpr uint32_t kSectionKv = 2;
+inline constexpr uint32_t kSectionStage = 3;  // only with kFlagStage
 inline constexpr size_t kDescriptorBytes = 16;
 inline constexpr size_t kMaxChunkBytes = size_t(1) << 20;
 // KV section flags: bits 0..7 are the byte-plane shuffle width (0: none).
@@ -128,6 +133,16 @@ struct WriteOptions {
 // read). Throws what the sink throws, KVRT_ERR_INVALID_ARGUMENT for a bad
 // level, KVRT_ERR_OUT_OF_MEMORY.
 void write_snapshot(Session& s, Sink& out, const WriteOptions& opt);
+
+// Reads and verifies a whole snapshot without building a session, filling
+// `info` (zeroed first, then filled as far as it was read: header fields
+// once the header checksum holds, each section's sizes once it is checked).
+// With `model` also checks the fingerprint, geometry and block size as a
+// load would. Throws as read_snapshot(); never allocates more than the
+// snapshot's declared section sizes (the KV section is held to check its
+// checksum in logical order).
+void inspect_snapshot(const LoadedModel* model, Source& in, const char* source_name,
+                      kvrt_snapshot_info* info);
 
 // Reads, validates and builds a new session. Throws Error: KVRT_ERR_CORRUPT,
 // KVRT_ERR_VERSION, KVRT_ERR_MODEL_MISMATCH, KVRT_ERR_UNSUPPORTED,

@@ -27,6 +27,7 @@ const char* section_name(uint32_t id) {
     case kSectionEnd: return "end record";
     case kSectionTokens: return "tokens section";
     case kSectionKv: return "KV section";
+    case kSectionStage: return "stage section";
     default: return "unknown section";
   }
 }
@@ -161,7 +162,11 @@ class Reader {
     if (get_u64(hb) != hash.finish64())
       fail(KVRT_ERR_CORRUPT, "%s: %s: checksum at offset %" PRIu64 " does not match its data (%016" PRIx64
            " stored, %016" PRIx64 " computed)", name_, sname, hash_at, get_u64(hb), hash.finish64());
+    last_stored_bytes_ = off_ - at;
   }
+
+  // Bytes the last section took in the snapshot, framing and checksums included.
+  uint64_t last_stored_bytes_ = 0;
 
   // Checks a section's flags; returns the bytes on_data gets at a time.
   std::function<size_t(uint32_t, uint32_t)> unit_for_flags_;
@@ -185,181 +190,344 @@ const char* format_name(uint32_t f) {
   }
 }
 
-}  // namespace
 
-std::unique_ptr<Session> read_snapshot(std::shared_ptr<const LoadedModel> model, Source& src,
-                                       const char* name) {
-  Reader r(src, name);
-  const Model& m = *model->model;
-  const HParams& hp = m.hparams();
+// Largest block (or stage) an inspection without a model accepts: 1 GiB,
+// far beyond any model's (128 layers x 128 KV heads x 128 x 16 tokens in
+// f32 is 256 MiB).
+constexpr size_t kMaxBlockBytesUnchecked = size_t(1) << 30;
 
+// The header's fields as stored; check_header() validates them.
+struct Header {
+  uint32_t version = 0, required = 0, optional = 0, hbytes = 0;
+  uint64_t fp_lo = 0, fp_hi = 0;
+  uint32_t n_layer = 0, n_head_kv = 0, head_dim = 0, n_vocab = 0, bt = 0, kf = 0, vf = 0;
+  uint32_t n_ctx = 0, n_tokens = 0, max_batch = 0;
+  uint64_t block_bytes = 0;
+  SamplerConfig sc;
+  uint64_t rng[4] = {};
+  uint32_t reserved0 = 0, reserved1 = 0, window_kind = 0, window_sink = 0, window_tokens = 0;
+  // Derived by check_header().
+  kvrt_k::KvLayout lay{};        // the cache's blocks
+  kvrt_k::KvLayout stage_lay{};  // the f16 tail stage of a quantized cache
+  bool staged = false;           // kFlagStage: quantized cache, stage section present
+  uint32_t n_kv_blocks = 0;      // blocks in the KV section
+};
+
+// Preamble and header body, through the header checksum.
+Header read_header(Reader& r, const char* name) {
   uint8_t pre[kPreambleBytes];
   r.read_exact(pre, sizeof pre, "the preamble");
   if (std::memcmp(pre, kMagic, 8) != 0)
     fail(KVRT_ERR_CORRUPT, "%s: not a kvrt snapshot (the first 8 bytes are not \"KVRTSNAP\")", name);
-  const uint32_t version = get_u32(pre + 8);
-  if (version == 0) fail(KVRT_ERR_CORRUPT, "%s: format version 0 does not exist", name);
-  if (version > kFormatVersion)
+  Header H;
+  H.version = get_u32(pre + 8);
+  if (H.version == 0) fail(KVRT_ERR_CORRUPT, "%s: format version 0 does not exist", name);
+  if (H.version > kFormatVersion)
     fail(KVRT_ERR_VERSION, "%s: snapshot format version %u; this library reads versions up to %u", name,
-         version, kFormatVersion);
-  const uint32_t required = get_u32(pre + 12);
-  if (required & ~kKnownRequiredFlags)
+         H.version, kFormatVersion);
+  H.required = get_u32(pre + 12);
+  if (H.required & ~kKnownRequiredFlags)
     fail(KVRT_ERR_VERSION, "%s: snapshot needs features 0x%08x that this library does not know", name,
-         required & ~kKnownRequiredFlags);
-  const uint32_t hbytes = get_u32(pre + 20);
-  if (hbytes < kHeaderBytesV1 || hbytes > kMaxHeaderBytes)
-    fail(KVRT_ERR_CORRUPT, "%s: header length %u is outside %zu..%zu", name, hbytes, kHeaderBytesV1,
+         H.required & ~kKnownRequiredFlags);
+  H.optional = get_u32(pre + 16);
+  H.hbytes = get_u32(pre + 20);
+  if (H.hbytes < kHeaderBytesV1 || H.hbytes > kMaxHeaderBytes)
+    fail(KVRT_ERR_CORRUPT, "%s: header length %u is outside %zu..%zu", name, H.hbytes, kHeaderBytesV1,
          kMaxHeaderBytes);
-  std::vector<uint8_t> head(kPreambleBytes + hbytes);
+  std::vector<uint8_t> head(kPreambleBytes + H.hbytes);
   std::memcpy(head.data(), pre, kPreambleBytes);
-  r.read_exact(head.data() + kPreambleBytes, hbytes, "the header");
+  r.read_exact(head.data() + kPreambleBytes, H.hbytes, "the header");
   const uint8_t* h = head.data() + kPreambleBytes;
   {
-    const uint64_t stored = get_u64(h + hbytes - 8);
-    const uint64_t computed = hash64(head.data(), kPreambleBytes + hbytes - 8, 0);
+    const uint64_t stored = get_u64(h + H.hbytes - 8);
+    const uint64_t computed = hash64(head.data(), kPreambleBytes + H.hbytes - 8, 0);
     if (stored != computed)
       fail(KVRT_ERR_CORRUPT, "%s: header checksum mismatch (%016" PRIx64 " stored, %016" PRIx64 " computed)",
            name, stored, computed);
   }
+  H.fp_lo = get_u64(h + kHdrFingerprint);
+  H.fp_hi = get_u64(h + kHdrFingerprint + 8);
+  H.n_layer = get_u32(h + kHdrNLayer);
+  H.n_head_kv = get_u32(h + kHdrNHeadKv);
+  H.head_dim = get_u32(h + kHdrHeadDim);
+  H.n_vocab = get_u32(h + kHdrNVocab);
+  H.bt = get_u32(h + kHdrBlockTokens);
+  H.kf = get_u32(h + kHdrKFormat);
+  H.vf = get_u32(h + kHdrVFormat);
+  H.n_ctx = get_u32(h + kHdrNCtx);
+  H.n_tokens = get_u32(h + kHdrNTokens);
+  H.max_batch = get_u32(h + kHdrMaxBatch);
+  H.block_bytes = get_u64(h + kHdrBlockBytes);
+  std::memcpy(&H.sc.temperature, h + kHdrTemperature, 4);
+  H.sc.top_k = get_u32(h + kHdrTopK);
+  std::memcpy(&H.sc.top_p, h + kHdrTopP, 4);
+  H.sc.seed = get_u64(h + kHdrSeed);
+  for (int i = 0; i < 4; ++i) H.rng[i] = get_u64(h + kHdrRng + 8 * i);
+  H.reserved0 = get_u32(h + kHdrReserved0);
+  H.reserved1 = get_u32(h + kHdrReserved1);
+  H.window_kind = get_u32(h + kHdrWindowKind);
+  H.window_sink = get_u32(h + kHdrWindowSink);
+  H.window_tokens = get_u32(h + kHdrWindowTokens);
+  return H;
+}
 
-  const ModelFingerprint fp = m.fingerprint();
-  if (get_u64(h + kHdrFingerprint) != fp.lo || get_u64(h + kHdrFingerprint + 8) != fp.hi)
-    fail(KVRT_ERR_MODEL_MISMATCH,
-         "%s: made with another model (fingerprint %016" PRIx64 "%016" PRIx64 "; this model's is %016" PRIx64
-         "%016" PRIx64 ")", name, get_u64(h + kHdrFingerprint + 8), get_u64(h + kHdrFingerprint), fp.hi, fp.lo);
-  auto same = [&](size_t off, uint32_t want, const char* field) {
-    if (get_u32(h + off) != want)
-      fail(KVRT_ERR_MODEL_MISMATCH, "%s: %s = %u, the model has %u", name, field, get_u32(h + off), want);
-  };
-  same(kHdrNLayer, hp.n_layer, "n_layer");
-  same(kHdrNHeadKv, hp.n_head_kv, "n_head_kv");
-  same(kHdrHeadDim, hp.head_dim, "head_dim");
-  same(kHdrNVocab, hp.n_vocab, "n_vocab");
+// Validates the header in the documented order. With a model: fingerprint,
+// shapes, the runtime's block_tokens and the model's context length; without
+// one, the shapes are only bounded so that every size below fits in 64 bits.
+void check_header(Header& H, const LoadedModel* model, const char* name) {
+  if (model) {
+    const Model& m = *model->model;
+    const HParams& hp = m.hparams();
+    const ModelFingerprint fp = m.fingerprint();
+    if (H.fp_lo != fp.lo || H.fp_hi != fp.hi)
+      fail(KVRT_ERR_MODEL_MISMATCH,
+           "%s: made with another model (fingerprint %016" PRIx64 "%016" PRIx64 "; this model's is %016" PRIx64
+           "%016" PRIx64 ")", name, H.fp_hi, H.fp_lo, fp.hi, fp.lo);
+    auto same = [&](uint32_t got, uint32_t want, const char* field) {
+      if (got != want)
+        fail(KVRT_ERR_MODEL_MISMATCH, "%s: %s = %u, the model has %u", name, field, got, want);
+    };
+    same(H.n_layer, hp.n_layer, "n_layer");
+    same(H.n_head_kv, hp.n_head_kv, "n_head_kv");
+    same(H.head_dim, hp.head_dim, "head_dim");
+    same(H.n_vocab, hp.n_vocab, "n_vocab");
+  } else {
+    // Bounds far beyond any model, so that block sizes cannot overflow.
+    auto bounded = [&](uint32_t v, uint32_t lo, uint32_t hi, const char* field) {
+      if (v < lo || v > hi) fail(KVRT_ERR_CORRUPT, "%s: %s = %u is outside %u..%u", name, field, v, lo, hi);
+    };
+    bounded(H.n_layer, 1, 1u << 12, "n_layer");
+    bounded(H.n_head_kv, 1, 1u << 12, "n_head_kv");
+    bounded(H.head_dim, 1, 1u << 12, "head_dim");
+    bounded(H.n_vocab, 1, 1u << 30, "n_vocab");
+  }
 
-  const uint32_t kf = get_u32(h + kHdrKFormat), vf = get_u32(h + kHdrVFormat);
-  for (uint32_t f : {kf, vf})
+  for (uint32_t f : {H.kf, H.vf})
     if (f >= KVRT_KV_FORMAT_COUNT) fail(KVRT_ERR_CORRUPT, "%s: KV format %u is not a kvrt_kv_format", name, f);
-  for (uint32_t f : {kf, vf})
-    if (f != kvrt_k::KV_F32 && f != kvrt_k::KV_F16)
+  const bool qk = kvrt_k::kv_is_quant(H.kf), qv = kvrt_k::kv_is_quant(H.vf);
+  if (qk != qv)
+    fail(KVRT_ERR_CORRUPT, "%s: KV formats %s keys with %s values cannot be paired", name, format_name(H.kf),
+         format_name(H.vf));
+  H.staged = (H.required & kFlagStage) != 0;
+  if (H.staged != qk)
+    fail(KVRT_ERR_CORRUPT, "%s: the stage flag is %s but the KV formats are %s/%s", name,
+         H.staged ? "set" : "clear", format_name(H.kf), format_name(H.vf));
+  for (uint32_t f : {H.kf, H.vf})
+    if (f != kvrt_k::KV_F32 && f != kvrt_k::KV_F16 && !kvrt_k::kv_is_quant(f))
       fail(KVRT_ERR_UNSUPPORTED, "%s: KV format %s is not supported by this build", name, format_name(f));
-  const uint32_t bt = get_u32(h + kHdrBlockTokens);
-  if (bt == 0 || bt > 1024) fail(KVRT_ERR_CORRUPT, "%s: block_tokens = %u is outside 1..1024", name, bt);
-  const uint32_t rt_bt = model->runtime->config().block_tokens;
-  if (bt != rt_bt)
-    fail(KVRT_ERR_UNSUPPORTED,
-         "%s: the snapshot's KV blocks hold %u tokens but this runtime's hold %u (create the runtime with "
-         "block_tokens = %u to load it)", name, bt, rt_bt, bt);
-  kvrt_k::KvLayout lay;
-  if (!kvrt_k::kv_layout_init(&lay, hp.n_layer, hp.n_head_kv, hp.head_dim, bt, kf, vf))
-    fail(KVRT_ERR_UNSUPPORTED, "%s: no block layout for formats %s/%s", name, format_name(kf), format_name(vf));
-  if (get_u64(h + kHdrBlockBytes) != lay.block_bytes)
-    fail(KVRT_ERR_CORRUPT, "%s: block_bytes = %" PRIu64 " but the geometry gives %zu", name,
-         get_u64(h + kHdrBlockBytes), lay.block_bytes);
-  const uint32_t n_ctx = get_u32(h + kHdrNCtx), n_tokens = get_u32(h + kHdrNTokens),
-                 max_batch = get_u32(h + kHdrMaxBatch);
-  if (n_ctx == 0 || n_ctx > hp.n_ctx_train)
-    fail(KVRT_ERR_CORRUPT, "%s: n_ctx = %u is outside 1..%u (the model's context length)", name, n_ctx,
-         hp.n_ctx_train);
-  if (n_tokens > n_ctx) fail(KVRT_ERR_CORRUPT, "%s: n_tokens = %u exceeds n_ctx = %u", name, n_tokens, n_ctx);
-  if (max_batch == 0 || max_batch > 4096 || max_batch > n_ctx)
-    fail(KVRT_ERR_CORRUPT, "%s: max_batch = %u is outside 1..min(4096, n_ctx = %u)", name, max_batch, n_ctx);
-
-  SamplerConfig sc;
-  std::memcpy(&sc.temperature, h + kHdrTemperature, 4);
-  sc.top_k = get_u32(h + kHdrTopK);
-  std::memcpy(&sc.top_p, h + kHdrTopP, 4);
-  sc.seed = get_u64(h + kHdrSeed);
-  if (!std::isfinite(sc.temperature) || sc.temperature < 0.0f)
-    fail(KVRT_ERR_CORRUPT, "%s: sampler temperature %g is not finite and >= 0", name, double(sc.temperature));
-  if (!(sc.top_p > 0.0f && sc.top_p <= 1.0f))
-    fail(KVRT_ERR_CORRUPT, "%s: sampler top_p %g is outside (0, 1]", name, double(sc.top_p));
-  uint64_t rng[4];
-  for (int i = 0; i < 4; ++i) rng[i] = get_u64(h + kHdrRng + 8 * i);
-  if ((rng[0] | rng[1] | rng[2] | rng[3]) == 0)
+  if (H.bt == 0 || H.bt > 1024) fail(KVRT_ERR_CORRUPT, "%s: block_tokens = %u is outside 1..1024", name, H.bt);
+  if (model) {
+    const uint32_t rt_bt = model->runtime->config().block_tokens;
+    if (H.bt != rt_bt)
+      fail(KVRT_ERR_UNSUPPORTED,
+           "%s: the snapshot's KV blocks hold %u tokens but this runtime's hold %u (create the runtime with "
+           "block_tokens = %u to load it)", name, H.bt, rt_bt, H.bt);
+  }
+  if (!kvrt_k::kv_layout_init(&H.lay, H.n_layer, H.n_head_kv, H.head_dim, H.bt, H.kf, H.vf))
+    fail(KVRT_ERR_UNSUPPORTED, "%s: no block layout for formats %s/%s", name, format_name(H.kf),
+         format_name(H.vf));
+  if (H.staged && (H.head_dim > 512))
+    fail(KVRT_ERR_CORRUPT, "%s: head_dim = %u exceeds 512, the limit of quantized formats", name, H.head_dim);
+  kvrt_k::kv_layout_init(&H.stage_lay, H.n_layer, H.n_head_kv, H.head_dim, H.bt, kvrt_k::KV_F16,
+                         kvrt_k::KV_F16);
+  if (H.block_bytes != H.lay.block_bytes)
+    fail(KVRT_ERR_CORRUPT, "%s: block_bytes = %" PRIu64 " but the geometry gives %zu", name, H.block_bytes,
+         H.lay.block_bytes);
+  // A reader holds one block (and the stage) at a time: without a model to
+  // bound the shapes, so is their size.
+  if (!model && (H.lay.block_bytes > kMaxBlockBytesUnchecked || H.stage_lay.block_bytes > kMaxBlockBytesUnchecked))
+    fail(KVRT_ERR_CORRUPT, "%s: blocks of %zu bytes (stage %zu) exceed %zu bytes", name, H.lay.block_bytes,
+         H.stage_lay.block_bytes, kMaxBlockBytesUnchecked);
+  const uint32_t ctx_limit = model ? model->model->hparams().n_ctx_train : UINT32_MAX;
+  if (H.n_ctx == 0 || H.n_ctx > ctx_limit)
+    fail(KVRT_ERR_CORRUPT, "%s: n_ctx = %u is outside 1..%u (the model's context length)", name, H.n_ctx,
+         ctx_limit);
+  if (H.n_tokens > H.n_ctx)
+    fail(KVRT_ERR_CORRUPT, "%s: n_tokens = %u exceeds n_ctx = %u", name, H.n_tokens, H.n_ctx);
+  if (H.max_batch == 0 || H.max_batch > 4096 || H.max_batch > H.n_ctx)
+    fail(KVRT_ERR_CORRUPT, "%s: max_batch = %u is outside 1..min(4096, n_ctx = %u)", name, H.max_batch,
+         H.n_ctx);
+  if (!std::isfinite(H.sc.temperature) || H.sc.temperature < 0.0f)
+    fail(KVRT_ERR_CORRUPT, "%s: sampler temperature %g is not finite and >= 0", name, double(H.sc.temperature));
+  if (!(H.sc.top_p > 0.0f && H.sc.top_p <= 1.0f))
+    fail(KVRT_ERR_CORRUPT, "%s: sampler top_p %g is outside (0, 1]", name, double(H.sc.top_p));
+  if ((H.rng[0] | H.rng[1] | H.rng[2] | H.rng[3]) == 0)
     fail(KVRT_ERR_CORRUPT, "%s: sampler generator state is all zero", name);
-  if (get_u32(h + kHdrReserved0) || get_u32(h + kHdrReserved1))
-    fail(KVRT_ERR_CORRUPT, "%s: reserved header fields are not zero", name);
-  if (get_u32(h + kHdrWindowKind) != 0)
-    fail(KVRT_ERR_UNSUPPORTED, "%s: window kind %u is not supported by this build", name,
-         get_u32(h + kHdrWindowKind));
-  if (get_u32(h + kHdrWindowSink) || get_u32(h + kHdrWindowTokens))
+  if (H.reserved0 || H.reserved1) fail(KVRT_ERR_CORRUPT, "%s: reserved header fields are not zero", name);
+  if (H.window_kind != 0)
+    fail(KVRT_ERR_UNSUPPORTED, "%s: window kind %u is not supported by this build", name, H.window_kind);
+  if (H.window_sink || H.window_tokens)
     fail(KVRT_ERR_CORRUPT, "%s: window sizes are set without a window", name);
+  // A quantized cache keeps its unfinished block in the stage: the KV
+  // section holds only the full blocks.
+  H.n_kv_blocks = H.staged ? H.n_tokens / H.bt : (H.n_tokens + H.bt - 1) / H.bt;
+}
 
-  // Everything sized by the header is now bounded by the model's context.
-  const size_t bb = lay.block_bytes;
-  uint32_t kv_width = 0;
-  r.unit_for_flags_ = [&](uint32_t id, uint32_t flags) -> size_t {
-    if (id == kSectionKv) {
+// Section flags: the KV and stage sections carry a byte-plane width.
+void set_unit_rule(Reader& r, const Header& H, const char* name, uint32_t* kv_width, uint32_t* stage_width) {
+  r.unit_for_flags_ = [&H, name, kv_width, stage_width](uint32_t id, uint32_t flags) -> size_t {
+    if (id == kSectionKv || id == kSectionStage) {
+      const size_t bb = id == kSectionKv ? H.lay.block_bytes : H.stage_lay.block_bytes;
       const uint32_t w = flags & kKvShuffleMask;
-      if ((flags & ~kKvShuffleMask) || !(w == 0 || w == 2 || w == 4) || (w && bb % w))
-        fail(KVRT_ERR_CORRUPT, "%s: KV section flags 0x%08x are not valid for %zu-byte blocks", name, flags, bb);
-      kv_width = w;
+      if ((flags & ~kKvShuffleMask) || !(w == 0 || w == 2 || w == 4) || (w && bb % w) ||
+          (id == kSectionStage && w == 4))
+        fail(KVRT_ERR_CORRUPT, "%s: %s flags 0x%08x are not valid for %zu-byte blocks", name, section_name(id),
+             flags, bb);
+      *(id == kSectionKv ? kv_width : stage_width) = w;
       return w ? bb / w : bb;  // one block's plane
     }
     if (flags != 0)
       fail(KVRT_ERR_CORRUPT, "%s: %s flags 0x%08x: none are defined", name, section_name(id), flags);
     return size_t(1) << 16;
   };
+}
 
-  std::vector<int32_t> tokens(n_tokens);
-  {
-    uint32_t flags;
-    size_t pos = 0;
-    std::vector<uint8_t> buf(std::min<size_t>(size_t(n_tokens) * 4, 1 << 16));
-    r.section(kSectionTokens, &flags, uint64_t(n_tokens) * 4, buf.data(),
-              [&](uint8_t* p, size_t n, Hasher& hash) {
-                hash.update(p, n);
-                std::memcpy(reinterpret_cast<uint8_t*>(tokens.data()) + pos, p, n);
-                pos += n;
-              });
-    for (uint32_t i = 0; i < n_tokens; ++i)
-      if (tokens[i] < 0 || static_cast<uint32_t>(tokens[i]) >= hp.n_vocab)
-        fail(KVRT_ERR_CORRUPT, "%s: token %u = %d is outside the vocabulary [0, %u)", name, i, tokens[i],
-             hp.n_vocab);
-  }
+// Reads a sectioned run of n_blocks blocks of bb bytes, stored whole or as
+// byte planes across all blocks, into the blocks block(b) points to.
+void read_blocks(Reader& r, uint32_t id, uint32_t n_blocks, size_t bb, const uint32_t& width,
+                 const std::function<uint8_t*(uint32_t)>& block) {
+  uint32_t flags = 0;
+  uint64_t unit_index = 0;
+  std::vector<uint8_t> stored(bb);
+  r.section(id, &flags, uint64_t(n_blocks) * bb, stored.data(),
+            [&](uint8_t* p, size_t n, Hasher&) {
+              const uint64_t j = unit_index / n_blocks;  // plane
+              uint8_t* dst = block(static_cast<uint32_t>(unit_index % n_blocks));
+              ++unit_index;
+              if (!width) {
+                std::memcpy(dst, p, n);
+                return;
+              }
+              for (size_t i = 0; i < n; ++i) dst[i * width + j] = p[i];
+            },
+            [&](Hasher& hash) {
+              for (uint32_t b = 0; b < n_blocks; ++b) hash.update(block(b), bb);
+            });
+}
+
+// Reads and checks the token ids; keeps them in *out when it is set (the
+// inspection only streams them, so a header's claim allocates nothing).
+void read_tokens(Reader& r, const Header& H, const char* name, std::vector<int32_t>* out) {
+  if (out) out->resize(H.n_tokens);
+  uint32_t flags;
+  size_t pos = 0;  // bytes so far; every piece is a multiple of 4 bytes
+  std::vector<uint8_t> buf(std::min<size_t>(size_t(H.n_tokens) * 4, 1 << 16));
+  r.section(kSectionTokens, &flags, uint64_t(H.n_tokens) * 4, buf.data(),
+            [&](uint8_t* p, size_t n, Hasher& hash) {
+              hash.update(p, n);
+              for (size_t k = 0; k + 4 <= n; k += 4) {
+                const int32_t t = static_cast<int32_t>(get_u32(p + k));
+                if (t < 0 || static_cast<uint32_t>(t) >= H.n_vocab)
+                  fail(KVRT_ERR_CORRUPT, "%s: token %zu = %d is outside the vocabulary [0, %u)", name,
+                       (pos + k) / 4, t, H.n_vocab);
+              }
+              if (out) std::memcpy(reinterpret_cast<uint8_t*>(out->data()) + pos, p, n);
+              pos += n;
+            });
+}
+
+void read_end(Reader& r, const char* name) {
+  uint8_t end[kDescriptorBytes];
+  const uint64_t at = r.offset();
+  r.read_exact(end, sizeof end, "the end record");
+  if (get_u32(end) != kSectionEnd || get_u32(end + 4) != 0 || get_u64(end + 8) != at)
+    fail(KVRT_ERR_CORRUPT, "%s: bad end record at offset %" PRIu64 " (id %u, flags 0x%x, length %" PRIu64 ")",
+         name, at, get_u32(end), get_u32(end + 4), get_u64(end + 8));
+}
+
+}  // namespace
+
+std::unique_ptr<Session> read_snapshot(std::shared_ptr<const LoadedModel> model, Source& src,
+                                       const char* name) {
+  Reader r(src, name);
+  Header H = read_header(r, name);
+  check_header(H, model.get(), name);
+  // Everything sized by the header is now bounded by the model's context.
+  uint32_t kv_width = 0, stage_width = 0;
+  set_unit_rule(r, H, name, &kv_width, &stage_width);
+  std::vector<int32_t> tokens;
+  read_tokens(r, H, name, &tokens);
 
   SessionConfig cfg;
-  cfg.k_format = kf;
-  cfg.v_format = vf;
-  cfg.n_ctx = n_ctx;
-  cfg.max_batch = max_batch;
+  cfg.k_format = H.kf;
+  cfg.v_format = H.vf;
+  cfg.n_ctx = H.n_ctx;
+  cfg.max_batch = H.max_batch;
   // The session stays private until every check below has passed; on any
   // error it is destroyed and its blocks go back to the pool.
   auto s = std::make_unique<Session>(model, cfg);
-  s->begin_import(n_tokens);
-  {
-    const uint32_t n_blocks = (n_tokens + bt - 1) / bt;
-    uint32_t flags = 0;
-    uint64_t unit_index = 0;
-    // Stored as plane 0 of every block, then plane 1, ... (or whole blocks).
-    std::vector<uint8_t> stored(bb);
-    r.section(kSectionKv, &flags, uint64_t(n_blocks) * bb, stored.data(),
-              [&](uint8_t* p, size_t n, Hasher&) {
-                const uint64_t j = unit_index / n_blocks;  // plane
-                uint8_t* dst = s->import_block(static_cast<uint32_t>(unit_index % n_blocks));
-                ++unit_index;
-                if (!kv_width) {
-                  std::memcpy(dst, p, n);
-                  return;
-                }
-                for (size_t i = 0; i < n; ++i) dst[i * kv_width + j] = p[i];
-              },
-              [&](Hasher& hash) {
-                for (uint32_t b = 0; b < n_blocks; ++b) hash.update(s->import_block(b), bb);
-              });
+  s->begin_import(H.n_tokens);
+  const size_t bb = H.lay.block_bytes;
+  read_blocks(r, kSectionKv, H.n_kv_blocks, bb, kv_width, [&](uint32_t b) { return s->import_block(b); });
+  if (H.staged) {
+    // The reserved pool block of the unfinished tail is written only when it
+    // fills; clear it so that no other session's bytes remain there.
+    if (H.n_tokens % H.bt) std::memset(s->import_block(H.n_kv_blocks), 0, bb);
+    if (s->kv_stage().size() != H.stage_lay.block_bytes)
+      fail(KVRT_ERR_INTERNAL, "session stage holds %zu bytes, the snapshot's %zu", s->kv_stage().size(),
+           H.stage_lay.block_bytes);
+    uint8_t* stage = s->import_stage();
+    read_blocks(r, kSectionStage, 1, H.stage_lay.block_bytes, stage_width, [stage](uint32_t) { return stage; });
   }
-  {
-    uint8_t end[kDescriptorBytes];
-    const uint64_t at = r.offset();
-    r.read_exact(end, sizeof end, "the end record");
-    if (get_u32(end) != kSectionEnd || get_u32(end + 4) != 0 || get_u64(end + 8) != at)
-      fail(KVRT_ERR_CORRUPT, "%s: bad end record at offset %" PRIu64 " (id %u, flags 0x%x, length %" PRIu64 ")",
-           name, at, get_u32(end), get_u32(end + 4), get_u64(end + 8));
-  }
+  read_end(r, name);
   s->finish_import(std::move(tokens));
-  s->sampler().configure(sc);
-  s->sampler().set_rng_state(rng);
+  s->sampler().configure(H.sc);
+  s->sampler().set_rng_state(H.rng);
   return s;
+}
+
+void inspect_snapshot(const LoadedModel* model, Source& src, const char* name, kvrt_snapshot_info* info) {
+  const uint32_t keep = info->struct_size;
+  std::memset(info, 0, sizeof *info);
+  info->struct_size = keep;
+  Reader r(src, name);
+  Header H = read_header(r, name);
+  info->format_version = H.version;
+  info->required_flags = H.required;
+  info->optional_flags = H.optional;
+  info->fingerprint_lo = H.fp_lo;
+  info->fingerprint_hi = H.fp_hi;
+  info->n_layer = H.n_layer;
+  info->n_head_kv = H.n_head_kv;
+  info->head_dim = H.head_dim;
+  info->n_vocab = H.n_vocab;
+  info->block_tokens = H.bt;
+  info->kv_format_k = H.kf;
+  info->kv_format_v = H.vf;
+  info->n_ctx = H.n_ctx;
+  info->n_tokens = H.n_tokens;
+  info->max_batch = H.max_batch;
+  info->block_bytes = H.block_bytes;
+  info->temperature = H.sc.temperature;
+  info->top_k = static_cast<int32_t>(H.sc.top_k);
+  info->top_p = H.sc.top_p;
+  info->seed = H.sc.seed;
+  check_header(H, model, name);
+  uint32_t kv_width = 0, stage_width = 0;
+  set_unit_rule(r, H, name, &kv_width, &stage_width);
+  read_tokens(r, H, name, nullptr);
+  info->tokens_raw_bytes = uint64_t(H.n_tokens) * 4;
+  info->tokens_stored_bytes = r.last_stored_bytes_;
+  // The KV data is held (in logical order) to check its checksum; grown as
+  // the data arrives, so a short file cannot make it allocate its claim.
+  const size_t bb = H.lay.block_bytes;
+  std::vector<std::unique_ptr<uint8_t[]>> blocks;
+  read_blocks(r, kSectionKv, H.n_kv_blocks, bb, kv_width, [&](uint32_t b) {
+    while (blocks.size() <= b) blocks.emplace_back(new uint8_t[bb]);
+    return blocks[b].get();
+  });
+  info->kv_plane_width = kv_width;
+  info->kv_raw_bytes = uint64_t(H.n_kv_blocks) * bb;
+  info->kv_stored_bytes = r.last_stored_bytes_;
+  blocks.clear();
+  if (H.staged) {
+    std::vector<uint8_t> stage(H.stage_lay.block_bytes);
+    read_blocks(r, kSectionStage, 1, stage.size(), stage_width, [&](uint32_t) { return stage.data(); });
+    info->stage_raw_bytes = stage.size();
+    info->stage_stored_bytes = r.last_stored_bytes_;
+  }
+  read_end(r, name);
+  info->total_bytes = r.offset();
 }
 
 }  // namespace snap

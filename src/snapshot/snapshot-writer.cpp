@@ -120,14 +120,6 @@ void write_snapshot(Session& s, Sink& sink, const WriteOptions& opt) {
   if (opt.level < ZSTD_minCLevel() || opt.level > ZSTD_maxCLevel())
     fail(KVRT_ERR_INVALID_ARGUMENT, "compression_level = %d is outside zstd's range %d..%d", opt.level,
          ZSTD_minCLevel(), ZSTD_maxCLevel());
-  {
-    const kvrt_k::KvLayout& l = s.kv().layout();
-    for (uint32_t f : {l.k_format, l.v_format})
-      if (f != kvrt_k::KV_F32 && f != kvrt_k::KV_F16)
-        fail(KVRT_ERR_UNSUPPORTED,
-             "snapshots of sessions with KV format %u are not supported yet (f32 and f16 are): a quantized "
-             "session's f16 tail stage is not part of format version %u", f, kFormatVersion);
-  }
   CountingSink out(sink);
   const Model& m = s.model();
   const HParams& hp = m.hparams();
@@ -137,11 +129,16 @@ void write_snapshot(Session& s, Sink& sink, const WriteOptions& opt) {
   const uint64_t* rng = s.sampler().rng_state();
   const uint32_t n_tokens = kv.n_tokens();
   const ModelFingerprint fp = m.fingerprint();
+  // A quantized cache keeps its unfinished block in an f16 stage: the KV
+  // section then holds only the full blocks, and a stage section follows.
+  const bool staged = s.kv_quantized();
+  if (staged != kvrt_k::kv_is_quant(lay.v_format))
+    fail(KVRT_ERR_INTERNAL, "KV formats %u/%u: one side quantized", lay.k_format, lay.v_format);
 
   uint8_t head[kPreambleBytes + kHeaderBytesV1] = {};
   std::memcpy(head, kMagic, 8);
   put_u32(head + 8, kFormatVersion);
-  put_u32(head + 12, 0);  // required flags
+  put_u32(head + 12, staged ? kFlagStage : 0);  // required flags
   put_u32(head + 16, 0);  // optional flags
   put_u32(head + 20, static_cast<uint32_t>(kHeaderBytesV1));
   uint8_t* h = head + kPreambleBytes;
@@ -189,7 +186,8 @@ void write_snapshot(Session& s, Sink& sink, const WriteOptions& opt) {
     // Byte planes help when every element has the same width: the high bytes
     // (sign, exponent) of neighbouring values repeat, the low bytes do not.
     const size_t width = (opt.shuffle && ek == ev && ek > 1 && bb % ek == 0) ? ek : 0;
-    const uint32_t n_blocks = (n_tokens + lay.block_tokens - 1) / lay.block_tokens;
+    const uint32_t n_blocks =
+        staged ? n_tokens / lay.block_tokens : (n_tokens + lay.block_tokens - 1) / lay.block_tokens;
     SectionWriter w(out, cctx.get(), obuf, kSectionKv, static_cast<uint32_t>(width),
                     uint64_t(n_blocks) * bb, opt.level);
     std::vector<uint8_t> raw(bb), plane(width ? bb / width : 0);
@@ -221,6 +219,38 @@ void write_snapshot(Session& s, Sink& sink, const WriteOptions& opt) {
           w.add_stored(raw.data(), bb);
         }
       }
+    w.finish();
+  }
+
+  if (staged) {
+    // The stage in the f16 layout, positions at and after the tail's length
+    // zeroed (what it holds there is never read), as byte planes (w = 2).
+    const std::vector<uint8_t>& st = s.kv_stage();
+    kvrt_k::KvLayout sl;
+    kvrt_k::kv_layout_init(&sl, lay.n_layer, lay.n_head_kv, lay.head_dim, lay.block_tokens, kvrt_k::KV_F16,
+                           kvrt_k::KV_F16);
+    if (st.size() != sl.block_bytes)
+      fail(KVRT_ERR_INTERNAL, "session stage holds %zu bytes, its layout %zu", st.size(), sl.block_bytes);
+    std::vector<uint8_t> raw(st);
+    const uint32_t used = n_tokens % lay.block_tokens;
+    const size_t row = size_t(lay.head_dim) * 2;
+    for (uint32_t l = 0; l < lay.n_layer; ++l)
+      for (uint32_t hh = 0; hh < lay.n_head_kv; ++hh) {
+        std::memset(raw.data() + kvrt_k::kv_k_offset(sl, l, hh) + used * row, 0,
+                    size_t(lay.block_tokens - used) * row);
+        std::memset(raw.data() + kvrt_k::kv_v_offset(sl, l, hh) + used * row, 0,
+                    size_t(lay.block_tokens - used) * row);
+      }
+    const size_t width = opt.shuffle ? 2 : 0;
+    SectionWriter w(out, cctx.get(), obuf, kSectionStage, static_cast<uint32_t>(width), raw.size(), opt.level);
+    w.hash_raw(raw.data(), raw.size());
+    if (width) {
+      std::vector<uint8_t> planes(raw.size());
+      shuffle_planes(raw.data(), planes.data(), raw.size(), width);
+      w.add_stored(planes.data(), planes.size());
+    } else {
+      w.add_stored(raw.data(), raw.size());
+    }
     w.finish();
   }
 

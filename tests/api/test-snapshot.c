@@ -221,8 +221,11 @@ static int group_teardown(void** state) {
 
 /* ---- round trips -------------------------------------------------------- */
 
-static void check_roundtrip(uint32_t fmt, int one_call) {
-  int32_t prompt[PROMPT];
+/* Saves after `n_prompt` tokens fed in one call or one by one, by every
+ * method; each loaded session continues for N_STEPS greedy tokens with
+ * every step's logits bitwise equal to a session that was never saved. */
+static void check_roundtrip_n(uint32_t fk, uint32_t fv, size_t n_prompt, int one_call) {
+  int32_t prompt[64];
   float last[TM_N_VOCAB], last_a[TM_N_VOCAB];
   float* ref_l = malloc(sizeof(float) * N_STEPS * TM_N_VOCAB);
   float* got_l = malloc(sizeof(float) * N_STEPS * TM_N_VOCAB);
@@ -230,32 +233,33 @@ static void check_roundtrip(uint32_t fmt, int one_call) {
   bytes first = {0};
   int m;
   kvrt_session *r, *a;
-  tu_tokens(prompt, PROMPT, 11 + fmt);
+  assert_true(n_prompt <= 64);
+  tu_tokens(prompt, n_prompt, 11 + fk + 7 * fv + (uint32_t)n_prompt);
 
   /* The reference: never saved. */
-  r = tu_session(g_model, fmt, fmt, 128, 0);
-  feed(r, prompt, PROMPT, one_call, last);
+  r = tu_session(g_model, fk, fv, 128, 0);
+  feed(r, prompt, n_prompt, one_call, last);
   run_steps(r, last, N_STEPS, 0, ref_l, ref_t);
   kvrt_session_destroy(r);
 
-  a = tu_session(g_model, fmt, fmt, 128, 0);
-  feed(a, prompt, PROMPT, one_call, last_a);
+  a = tu_session(g_model, fk, fv, 128, 0);
+  feed(a, prompt, n_prompt, one_call, last_a);
   tu_assert_bitwise_equal(last_a, last, TM_N_VOCAB);
   for (m = BY_PATH; m <= BY_STREAM; ++m) {
     bytes saved = {0};
     kvrt_session* b = save_and_load(a, (enum method)m, &saved);
     kvrt_session_stats sa = tu_session_stats(a), sb = tu_session_stats(b);
-    int32_t ta[PROMPT], tb[PROMPT];
+    int32_t ta[64], tb[64];
     size_t na = 0, nb = 0;
-    assert_int_equal(sb.n_tokens, PROMPT);
+    assert_int_equal(sb.n_tokens, n_prompt);
     assert_int_equal(sb.n_ctx, sa.n_ctx);
-    assert_int_equal(sb.kv_format_k, fmt);
-    assert_int_equal(sb.kv_format_v, fmt);
+    assert_int_equal(sb.kv_format_k, fk);
+    assert_int_equal(sb.kv_format_v, fv);
     assert_int_equal(sb.n_blocks, sa.n_blocks);
-    EXPECT_OK(kvrt_session_get_tokens(a, ta, PROMPT, &na));
-    EXPECT_OK(kvrt_session_get_tokens(b, tb, PROMPT, &nb));
-    assert_int_equal(nb, PROMPT);
-    assert_memory_equal(ta, tb, sizeof ta);
+    EXPECT_OK(kvrt_session_get_tokens(a, ta, 64, &na));
+    EXPECT_OK(kvrt_session_get_tokens(b, tb, 64, &nb));
+    assert_int_equal(nb, n_prompt);
+    assert_memory_equal(ta, tb, n_prompt * sizeof(int32_t));
     /* Every method writes the same bytes. */
     if (m == BY_PATH) {
       first = saved;
@@ -279,6 +283,22 @@ static void check_roundtrip(uint32_t fmt, int one_call) {
   free(got_l);
 }
 
+static void check_roundtrip(uint32_t fmt, int one_call) { check_roundtrip_n(fmt, fmt, PROMPT, one_call); }
+
+/* Quantized caches: the tail block lives in the f16 stage, so both a count
+ * that ends inside a block (37 = 2 x 16 + 5) and one that ends exactly on a
+ * block boundary (48) are checked. */
+static void check_roundtrip_quant(uint32_t fk, uint32_t fv) {
+  int one_call;
+  for (one_call = 0; one_call <= 1; ++one_call) {
+    check_roundtrip_n(fk, fv, 37, one_call);
+    check_roundtrip_n(fk, fv, 48, one_call);
+  }
+}
+static void test_roundtrip_q8(void** state) { (void)state; check_roundtrip_quant(KVRT_KV_FORMAT_Q8, KVRT_KV_FORMAT_Q8); }
+static void test_roundtrip_q4(void** state) { (void)state; check_roundtrip_quant(KVRT_KV_FORMAT_Q4, KVRT_KV_FORMAT_Q4); }
+static void test_roundtrip_q8_q4(void** state) { (void)state; check_roundtrip_quant(KVRT_KV_FORMAT_Q8, KVRT_KV_FORMAT_Q4); }
+
 static void test_roundtrip_f32_prefill(void** state) { (void)state; check_roundtrip(KVRT_KV_FORMAT_F32, 1); }
 static void test_roundtrip_f32_stepwise(void** state) { (void)state; check_roundtrip(KVRT_KV_FORMAT_F32, 0); }
 static void test_roundtrip_f16_prefill(void** state) { (void)state; check_roundtrip(KVRT_KV_FORMAT_F16, 1); }
@@ -286,7 +306,7 @@ static void test_roundtrip_f16_stepwise(void** state) { (void)state; check_round
 
 /* A sampler at temperature 0.9, saved after it has drawn 10 tokens: the
  * loaded session draws the same tokens as the never-saved one. */
-static void test_roundtrip_sampled(void** state) {
+static void check_roundtrip_sampled(uint32_t fk, uint32_t fv) {
   int32_t prompt[PROMPT];
   float last[TM_N_VOCAB];
   float* ref_l = malloc(sizeof(float) * (N_STEPS + 10) * TM_N_VOCAB);
@@ -296,19 +316,18 @@ static void test_roundtrip_sampled(void** state) {
   kvrt_session *r, *a, *b;
   bytes saved;
   int i, greedy_same = 1, reseeded_same = 1;
-  (void)state;
   tu_tokens(prompt, PROMPT, 5);
   kvrt_sampler_default_params(&sp);
   sp.temperature = 0.9f;
   sp.seed = 1234;
 
-  r = tu_session(g_model, KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16, 256, 0);
+  r = tu_session(g_model, fk, fv, 256, 0);
   EXPECT_OK(kvrt_session_set_sampler(r, &sp));
   feed(r, prompt, PROMPT, 1, last);
   run_steps(r, last, N_STEPS + 10, 1, ref_l, ref_t);
   kvrt_session_destroy(r);
 
-  a = tu_session(g_model, KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16, 256, 0);
+  a = tu_session(g_model, fk, fv, 256, 0);
   EXPECT_OK(kvrt_session_set_sampler(a, &sp));
   feed(a, prompt, PROMPT, 1, last);
   run_steps(a, last, 10, 1, got_l, got_t);
@@ -337,6 +356,13 @@ static void test_roundtrip_sampled(void** state) {
   free(saved.p);
   free(ref_l);
   free(got_l);
+}
+
+static void test_roundtrip_sampled(void** state) {
+  (void)state;
+  check_roundtrip_sampled(KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16);
+  check_roundtrip_sampled(KVRT_KV_FORMAT_Q8, KVRT_KV_FORMAT_Q8);
+  check_roundtrip_sampled(KVRT_KV_FORMAT_Q8, KVRT_KV_FORMAT_Q4);
 }
 
 /* An empty session, and a session after a rewind (stale bytes in its tail
@@ -815,26 +841,144 @@ static void test_null_and_params(void** state) {
   free(b.p);
 }
 
-/* Quantized sessions cannot be saved yet: refused before any byte is
- * written, never saved without their f16 tail. */
-static void test_quantized_refused(void** state) {
-  kvrt_session* q = tu_session(g_model, KVRT_KV_FORMAT_Q8, KVRT_KV_FORMAT_Q8, 64, 0);
-  int32_t t[20];
-  float l[TM_N_VOCAB];
-  size_t size = 12345;
-  writer w = {{0}, 0, -1};
-  char path[600];
+/* A quantized session's snapshot: only full blocks in the KV section, the
+ * f16 tail in a stage section; every flipped bit is refused, and inspect
+ * reports the sections without the model. */
+static void test_quantized_sections_and_flips(void** state) {
+  kvrt_snapshot_info info;
+  uint64_t per_block = 0, stage_bytes;
+  size_t i;
+  uint32_t fk;
   (void)state;
-  tu_tokens(t, 20, 4);
-  feed(q, t, 20, 1, l);
-  path_in_dir(path, sizeof path, "q8.kvs");
-  EXPECT_ERR(kvrt_session_save(q, path, NULL), KVRT_ERR_UNSUPPORTED);
-  assert_int_equal(count_temp_files(".q8.kvs", NULL), 0);
-  assert_int_equal(access(path, F_OK), -1);
-  EXPECT_ERR(kvrt_session_save_buffer(q, NULL, 0, &size, NULL), KVRT_ERR_UNSUPPORTED);
-  EXPECT_ERR(kvrt_session_save_stream(q, write_cb, &w, NULL), KVRT_ERR_UNSUPPORTED);
-  assert_int_equal(w.calls, 0);
-  kvrt_session_destroy(q);
+  for (fk = KVRT_KV_FORMAT_Q8; fk <= KVRT_KV_FORMAT_Q4; ++fk) {
+    bytes b = small_snapshot(fk, 20); /* one full block, 4 tokens staged */
+    uint64_t before = blocks_used();
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    EXPECT_OK(kvrt_snapshot_inspect_buffer(b.p, b.n, NULL, &info));
+    assert_int_equal(info.required_flags, 1);
+    assert_int_equal(info.kv_format_k, fk);
+    assert_int_equal(info.n_tokens, 20);
+    EXPECT_OK(kvrt_model_kv_bytes_per_token(g_model, fk, fk, &per_block));
+    assert_int_equal(info.block_bytes, 16 * per_block); /* 380 and 280 bytes a token (docs/quantization.md) */
+    assert_int_equal(per_block, fk == KVRT_KV_FORMAT_Q8 ? 380 : 280);
+    assert_int_equal(info.kv_raw_bytes, info.block_bytes); /* the one full block */
+    stage_bytes = (uint64_t)TM_N_LAYER * TM_N_HEAD_KV * 16 * TM_HEAD_DIM * 4;
+    assert_int_equal(info.stage_raw_bytes, stage_bytes);
+    assert_int_equal(info.total_bytes, b.n);
+    assert_int_equal(info.total_bytes, 24 + 144 + info.tokens_stored_bytes + info.kv_stored_bytes +
+                                           info.stage_stored_bytes + 16);
+    for (i = 0; i < b.n; ++i) {
+      kvrt_session* s = NULL;
+      kvrt_status st;
+      uint8_t bit = (uint8_t)(1u << (i % 8));
+      b.p[i] ^= bit;
+      st = kvrt_session_load_buffer(g_model, b.p, b.n, NULL, &s);
+      if (st == KVRT_OK || (st != KVRT_ERR_CORRUPT && !(i >= 8 && i < 16 && st == KVRT_ERR_VERSION)))
+        fail_msg("flip of bit %u at byte %zu of %zu: status %d (%s) '%s'", (unsigned)(i % 8), i, b.n, (int)st,
+                 kvrt_status_string(st), kvrt_last_error());
+      assert_null(s);
+      st = kvrt_snapshot_inspect_buffer(b.p, b.n, NULL, &info);
+      if (st == KVRT_OK) fail_msg("inspect accepted a flip at byte %zu", i);
+      b.p[i] ^= bit;
+    }
+    assert_int_equal(blocks_used(), before);
+    /* Cut just before the end record: the stage section was the last read. */
+    expect_load_fails(b.p, b.n - 16, KVRT_ERR_CORRUPT, "no end record after the stage");
+    free(b.p);
+  }
+}
+
+/* kvrt_snapshot_inspect(): header fields and sizes of a good file, with and
+ * without the model; a damaged section still reports the header; the
+ * argument checks. */
+static void test_inspect(void** state) {
+  kvrt_session* s = tu_session(g_model, KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16, 64, 0);
+  kvrt_sampler_params sp;
+  kvrt_snapshot_info info, small;
+  int32_t t[40];
+  float l[TM_N_VOCAB];
+  char path[600];
+  bytes b;
+  (void)state;
+  kvrt_sampler_default_params(&sp);
+  sp.temperature = 0.5f;
+  sp.top_k = 7;
+  sp.top_p = 0.75f;
+  sp.seed = 99;
+  EXPECT_OK(kvrt_session_set_sampler(s, &sp));
+  tu_tokens(t, 40, 8);
+  feed(s, t, 40, 1, l);
+  path_in_dir(path, sizeof path, "inspect.kvs");
+  EXPECT_OK(kvrt_session_save(s, path, NULL));
+  b = read_file(path);
+  kvrt_session_destroy(s);
+
+  memset(&info, 0xAB, sizeof info);
+  info.struct_size = sizeof info;
+  EXPECT_OK(kvrt_snapshot_inspect(path, NULL, &info));
+  assert_int_equal(info.format_version, 1);
+  assert_int_equal(info.required_flags, 0);
+  assert_int_equal(info.optional_flags, 0);
+  assert_int_equal(info.n_layer, TM_N_LAYER);
+  assert_int_equal(info.n_head_kv, TM_N_HEAD_KV);
+  assert_int_equal(info.head_dim, TM_HEAD_DIM);
+  assert_int_equal(info.n_vocab, TM_N_VOCAB);
+  assert_int_equal(info.block_tokens, 16);
+  assert_int_equal(info.kv_format_k, KVRT_KV_FORMAT_F16);
+  assert_int_equal(info.kv_format_v, KVRT_KV_FORMAT_F16);
+  assert_int_equal(info.n_ctx, 64);
+  assert_int_equal(info.n_tokens, 40);
+  assert_true(info.temperature == 0.5f);
+  assert_int_equal(info.top_k, 7);
+  assert_true(info.top_p == 0.75f);
+  assert_int_equal(info.seed, 99);
+  assert_int_equal(info.block_bytes, (uint64_t)TM_N_LAYER * TM_N_HEAD_KV * 16 * TM_HEAD_DIM * 4);
+  assert_int_equal(info.tokens_raw_bytes, 160);
+  assert_int_equal(info.kv_raw_bytes, 3 * info.block_bytes);
+  assert_int_equal(info.kv_plane_width, 2);
+  assert_int_equal(info.stage_raw_bytes, 0);
+  assert_int_equal(info.stage_stored_bytes, 0);
+  assert_int_equal(info.total_bytes, b.n);
+  assert_int_equal(info.total_bytes, 24 + 144 + info.tokens_stored_bytes + info.kv_stored_bytes + 16);
+  assert_true(info.fingerprint_lo != 0 || info.fingerprint_hi != 0);
+  EXPECT_OK(kvrt_snapshot_inspect(path, g_model, &info));
+  EXPECT_OK(kvrt_snapshot_inspect_buffer(b.p, b.n, g_model, &info));
+  assert_int_equal(info.n_tokens, 40);
+
+  /* A flipped byte in the KV section's data: refused, header still read. */
+  b.p[24 + 144 + info.tokens_stored_bytes + 40] ^= 0x10;
+  EXPECT_ERR(kvrt_snapshot_inspect_buffer(b.p, b.n, NULL, &info), KVRT_ERR_CORRUPT);
+  assert_non_null(strstr(kvrt_last_error(), "KV section"));
+  assert_int_equal(info.n_tokens, 40);
+  assert_true(info.tokens_stored_bytes > 0);
+  assert_int_equal(info.kv_stored_bytes, 0);
+  assert_int_equal(info.total_bytes, 0);
+  b.p[24 + 144 + info.tokens_stored_bytes + 40] ^= 0x10;
+  /* A damaged header: nothing reported. */
+  b.p[30] ^= 1;
+  EXPECT_ERR(kvrt_snapshot_inspect_buffer(b.p, b.n, NULL, &info), KVRT_ERR_CORRUPT);
+  assert_int_equal(info.n_tokens, 0);
+  assert_int_equal(info.format_version, 0);
+  b.p[30] ^= 1;
+  /* Trailing bytes, a missing file, bad arguments. */
+  EXPECT_ERR(kvrt_snapshot_inspect_buffer(b.p, b.n - 1, NULL, &info), KVRT_ERR_CORRUPT);
+  {
+    uint8_t* longer = malloc(b.n + 1);
+    memcpy(longer, b.p, b.n);
+    longer[b.n] = 0;
+    EXPECT_ERR(kvrt_snapshot_inspect_buffer(longer, b.n + 1, NULL, &info), KVRT_ERR_CORRUPT);
+    free(longer);
+  }
+  path_in_dir(path, sizeof path, "missing.kvs");
+  EXPECT_ERR(kvrt_snapshot_inspect(path, NULL, &info), KVRT_ERR_IO);
+  EXPECT_ERR(kvrt_snapshot_inspect(NULL, NULL, &info), KVRT_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(kvrt_snapshot_inspect_buffer(b.p, b.n, NULL, NULL), KVRT_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(kvrt_snapshot_inspect_buffer(NULL, 10, NULL, &info), KVRT_ERR_INVALID_ARGUMENT);
+  small = info;
+  small.struct_size = 8;
+  EXPECT_ERR(kvrt_snapshot_inspect_buffer(b.p, b.n, NULL, &small), KVRT_ERR_STRUCT_SIZE);
+  free(b.p);
 }
 
 /* ---- crash safety ------------------------------------------------------- */
@@ -1018,7 +1162,11 @@ int main(void) {
       cmocka_unit_test(test_callbacks_fail),
       cmocka_unit_test(test_buffer_too_small),
       cmocka_unit_test(test_null_and_params),
-      cmocka_unit_test(test_quantized_refused),
+      cmocka_unit_test(test_roundtrip_q8),
+      cmocka_unit_test(test_roundtrip_q4),
+      cmocka_unit_test(test_roundtrip_q8_q4),
+      cmocka_unit_test(test_quantized_sections_and_flips),
+      cmocka_unit_test(test_inspect),
       cmocka_unit_test(test_killed_mid_save),
       cmocka_unit_test(test_failed_rename_cleans_up),
   };

@@ -1,6 +1,6 @@
 // Fuzz target of the snapshot reader: every input loaded into the real test
-// model through the buffer loader must end in a status, never a crash, leak
-// or block left in use.
+// model through the buffer loader, and inspected with and without the model,
+// must end in a status, never a crash, leak or block left in use.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -52,7 +52,7 @@ void reseal(std::vector<uint8_t>& b) {
   if (hb < 8 || hb > kMaxHeaderBytes || b.size() < kPreambleBytes + hb) return;
   put_u64(b.data() + kPreambleBytes + hb - 8, hash64(b.data(), kPreambleBytes + hb - 8, 0));
   size_t off = kPreambleBytes + hb;
-  for (int sec = 0; sec < 2; ++sec) {
+  for (int sec = 0; sec < 3; ++sec) {  // tokens, KV, and the stage when present
     if (b.size() - off < kDescriptorBytes) return;
     Hasher h(get_u32(b.data() + off));
     h.update(b.data() + off, kDescriptorBytes);
@@ -90,6 +90,17 @@ void load_once(Fixture& fx, const uint8_t* data, size_t size) {
       std::abort();  // no other status describes bad snapshot bytes
   }
   if (blocks_used(fx.rt) != 0) std::abort();
+  // Inspection runs the same checks; with the model it must agree with the load.
+  kvrt_snapshot_info info{};
+  info.struct_size = sizeof info;
+  const kvrt_status si = kvrt_snapshot_inspect_buffer(data, size, fx.model, &info);
+  if ((si == KVRT_OK) != (st == KVRT_OK) && st != KVRT_ERR_OUT_OF_MEMORY) std::abort();
+  if (si == KVRT_OK && info.total_bytes != size) std::abort();
+  const kvrt_status sn = kvrt_snapshot_inspect_buffer(data, size, nullptr, &info);
+  if (sn == KVRT_OK && si != KVRT_OK && si != KVRT_ERR_MODEL_MISMATCH && si != KVRT_ERR_UNSUPPORTED &&
+      si != KVRT_ERR_CORRUPT)
+    std::abort();
+  if (st == KVRT_OK && sn != KVRT_OK) std::abort();  // what loads, inspects
 }
 
 }  // namespace

@@ -172,6 +172,70 @@ for line in open(sys.argv[1]):
     grep -q "^| f16 | 1 | 16 |" "$out" || fail "no row for f16, 1 thread, depth 16"
     ;;
 
+  snapshot)
+    # Save after 32 tokens, load and generate 32 more: the two texts joined
+    # are the text of one uninterrupted 64-token run (greedy and sampled,
+    # f16 and q8 caches).
+    p="Once upon a time"
+    for opts in "--temp 0" "--temp 0 --kv q8" "--temp 0 --kv q8/q4" "--temp 0.8 --seed 7"; do
+      # shellcheck disable=SC2086
+      run run -m "$model" -p "$p" -n 64 $opts -t 1
+      expect_rc 0 "run -n 64 $opts"
+      cp "$out" "$work/full.txt"
+      # shellcheck disable=SC2086
+      run run -m "$model" -p "$p" -n 32 $opts -t 1 --save "$work/s.kvs"
+      expect_rc 0 "run -n 32 $opts --save"
+      grep -q "saved 37 tokens to" "$err" || fail "stderr does not report 37 saved tokens (5 prompt + 32)"
+      cp "$out" "$work/part1.txt"
+      run run -m "$model" --load "$work/s.kvs" -n 32 -t 1
+      expect_rc 0 "run --load ($opts)"
+      cat "$work/part1.txt" "$out" >"$work/joined.txt"
+      cmp -s "$work/full.txt" "$work/joined.txt" || fail "save + load ($opts) differs from one run"
+      [ -s "$out" ] || fail "no continuation text ($opts)"
+    done
+    # Sampler options given with --load replace the saved sampler: greedy now.
+    run run -m "$model" --load "$work/s.kvs" -n 32 -t 1 --temp 0
+    expect_rc 0 "run --load --temp 0"
+    cmp -s "$work/joined.txt" <(cat "$work/part1.txt" "$out") && fail "--temp 0 after a sampled save changed nothing"
+    run run -m "$model" --load "$work/s.kvs" -p x -n 4
+    expect_rc 2 "run --load with -p"
+    run run -m "$model" --load "$work/missing.kvs" -n 4
+    expect_rc 1 "run --load missing file"
+    grep -q "missing.kvs" "$err" || fail "the error does not name the missing snapshot"
+    ;;
+
+  inspect)
+    run run -m "$model" -p "Once upon a time" -n 20 --temp 0.5 --top-k 9 --seed 3 --kv q8 --save "$work/q.kvs"
+    expect_rc 0 "run --save"
+    run inspect "$work/q.kvs"
+    expect_rc 0 "inspect"
+    for want in "format version  1" "required 0x00000001" "25 of n_ctx" "q8" "blocks of 16 tokens" \
+                "temperature 0.5, top-k 9" "seed 3" "  tokens " "  KV " "  stage " "  total " "all verified"; do
+      grep -qF -- "$want" "$out" || fail "inspect output lacks '$want'"
+    done
+    run inspect "$work/q.kvs" -m "$model"
+    expect_rc 0 "inspect -m"
+    grep -q "made with this model" "$out" || fail "inspect -m does not confirm the model"
+    # One flipped byte in the middle of the KV section's compressed data.
+    cp "$work/q.kvs" "$work/bad.kvs"
+    size=$(wc -c <"$work/bad.kvs")
+    python3 -c '
+import sys
+p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[len(b) // 2] ^= 0x40; open(p, "wb").write(b)
+' "$work/bad.kvs" || fail "cannot corrupt the copy"
+    run inspect "$work/bad.kvs"
+    [ "$rc" -ne 0 ] || fail "inspect accepted a corrupted snapshot"
+    grep -q "corrupt" "$err" || fail "the error does not give the corrupt status"
+    grep -q "section" "$err" || fail "the error does not name the section"
+    grep -q "format version  1" "$out" || fail "the header of the damaged file is not printed"
+    head -c $((size - 20)) "$work/q.kvs" >"$work/short.kvs"
+    run inspect "$work/short.kvs"
+    [ "$rc" -ne 0 ] || fail "inspect accepted a truncated snapshot"
+    grep -q "truncated" "$err" || fail "the error does not say truncated"
+    run inspect
+    expect_rc 2 "inspect without a file"
+    ;;
+
   *)
     echo "unknown case $case_name" >&2
     exit 2

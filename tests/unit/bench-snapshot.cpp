@@ -1,0 +1,120 @@
+// Benchmark (not a test): snapshot save and load throughput, compression
+// ratio, and resuming a long session from a snapshot against recomputing
+// its prompt, for f16, q8 and q4 caches, through the public API only.
+// Build: c++ -O2 -std=c++20 -Iinclude tests/unit/bench-snapshot.cpp BUILD/src/libkvrt.a
+//        -lzstd -lpthread -o bench-snapshot
+// Run:   bench-snapshot MODEL [TOKENS [REPEATS [THREADS [DIR]]]]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "kvrt/kvrt.h"
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void check(kvrt_status st, const char* what) {
+  if (st == KVRT_OK) return;
+  std::fprintf(stderr, "bench-snapshot: %s: %s: %s\n", what, kvrt_status_string(st), kvrt_last_error());
+  std::exit(1);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: bench-snapshot MODEL [TOKENS [REPEATS [THREADS [DIR]]]]\n");
+    return 2;
+  }
+  const uint32_t n_tokens = argc > 2 ? uint32_t(std::atoi(argv[2])) : 4096;
+  const int repeats = argc > 3 ? std::atoi(argv[3]) : 5;
+  const uint32_t threads = argc > 4 ? uint32_t(std::atoi(argv[4])) : 2;
+  const std::string dir = argc > 5 ? argv[5] : (std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp");
+  kvrt_runtime_params rp;
+  kvrt_runtime_default_params(&rp);
+  rp.n_threads = threads;
+  rp.kv_budget_bytes = 2ull << 30;
+  kvrt_runtime* rt = nullptr;
+  check(kvrt_runtime_create(&rp, &rt), "runtime");
+  kvrt_model* model = nullptr;
+  check(kvrt_model_load(rt, argv[1], nullptr, &model), "model");
+  kvrt_model_info mi{};
+  mi.struct_size = sizeof mi;
+  check(kvrt_model_get_info(model, &mi), "model info");
+  std::vector<int32_t> toks(n_tokens);
+  uint32_t x = 12345;
+  for (auto& t : toks) {
+    x = x * 1664525u + 1013904223u;
+    t = int32_t((x >> 8) % mi.n_vocab);
+  }
+  std::vector<float> logits(mi.n_vocab);
+  const std::string path = dir + "/bench-snapshot.kvs";
+  std::printf("%u tokens, %d repeats (medians), %u threads, zstd level 3\n", n_tokens, repeats, threads);
+  std::printf("| cache | raw KV MB | snapshot MB | ratio | save MB/s | load MB/s | file save ms | file load ms | prefill ms | prefill / load |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  const uint32_t formats[][2] = {{KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16},
+                                 {KVRT_KV_FORMAT_Q8, KVRT_KV_FORMAT_Q8},
+                                 {KVRT_KV_FORMAT_Q4, KVRT_KV_FORMAT_Q4}};
+  const char* names[] = {"f16", "q8", "q4"};
+  for (int f = 0; f < 3; ++f) {
+    kvrt_session_params sp;
+    kvrt_session_default_params(&sp);
+    sp.kv_format_k = formats[f][0];
+    sp.kv_format_v = formats[f][1];
+    sp.n_ctx = n_tokens;
+    sp.max_batch = 64;
+    kvrt_session* s = nullptr;
+    check(kvrt_session_create(model, &sp, &s), "session");
+    const double t0 = now_s();
+    check(kvrt_decode_step(s, toks.data(), toks.size(), logits.data(), logits.size()), "prefill");
+    const double prefill_s = now_s() - t0;
+
+    size_t need = 0;
+    check(kvrt_session_save_buffer(s, nullptr, 0, &need, nullptr), "size query");
+    std::vector<uint8_t> buf(need);
+    std::vector<double> save_t, load_t, fsave_t, fload_t;
+    for (int r = 0; r < repeats; ++r) {
+      size_t got = 0;
+      double a = now_s();
+      check(kvrt_session_save_buffer(s, buf.data(), buf.size(), &got, nullptr), "save");
+      save_t.push_back(now_s() - a);
+      kvrt_session* l = nullptr;
+      a = now_s();
+      check(kvrt_session_load_buffer(model, buf.data(), got, nullptr, &l), "load");
+      load_t.push_back(now_s() - a);
+      kvrt_session_destroy(l);
+      a = now_s();
+      check(kvrt_session_save(s, path.c_str(), nullptr), "file save");
+      fsave_t.push_back(now_s() - a);
+      a = now_s();
+      check(kvrt_session_load(model, path.c_str(), nullptr, &l), "file load");
+      fload_t.push_back(now_s() - a);
+      kvrt_session_destroy(l);
+    }
+    kvrt_snapshot_info si{};
+    si.struct_size = sizeof si;
+    check(kvrt_snapshot_inspect_buffer(buf.data(), buf.size(), nullptr, &si), "inspect");
+    const double raw = double(si.kv_raw_bytes + si.stage_raw_bytes + si.tokens_raw_bytes);
+    std::printf("| %s | %.2f | %.2f | %.3f | %.0f | %.0f | %.1f | %.1f | %.0f | %.0f |\n", names[f], raw / 1e6,
+                double(si.total_bytes) / 1e6, raw / double(si.total_bytes), raw / 1e6 / median(save_t),
+                raw / 1e6 / median(load_t), median(fsave_t) * 1e3, median(fload_t) * 1e3, prefill_s * 1e3,
+                prefill_s / median(fload_t));
+    std::fflush(stdout);
+    kvrt_session_destroy(s);
+  }
+  std::remove(path.c_str());
+  kvrt_model_destroy(model);
+  kvrt_runtime_destroy(rt);
+  return 0;
+}
