@@ -1,0 +1,20 @@
+# Fails if the public header includes anything beyond <stddef.h>, <stdint.h>
+# and <stdbool.h>, or lacks its extern "C" guard.
+# Usage: cmake -DHEADER=kvrt.h -P check-header-includes.cmake
+cmake_minimum_required(VERSION 3.25)
+file(STRINGS ${HEADER} includes REGEX "^[ \t]*#[ \t]*include")
+set(bad "")
+foreach(line IN LISTS includes)
+  if(NOT line MATCHES "<(stddef|stdint|stdbool)\\.h>")
+    list(APPEND bad "${line}")
+  endif()
+endforeach()
+if(bad)
+  list(JOIN bad "\n  " msg)
+  message(FATAL_ERROR "${HEADER} includes more than the C standard types:\n  ${msg}")
+endif()
+file(READ ${HEADER} text)
+if(NOT text MATCHES "extern \"C\"")
+  message(FATAL_ERROR "${HEADER} has no extern \"C\" guard")
+endif()
+message(STATUS "${HEADER}: includes only standard type headers")
