@@ -166,9 +166,9 @@ typedef struct kvrt_session kvrt_session;
 typedef enum kvrt_kv_format {
   KVRT_KV_FORMAT_F32 = 0,   /**< 32-bit float (reference). */
   KVRT_KV_FORMAT_F16 = 1,   /**< IEEE half precision. */
-  KVRT_KV_FORMAT_BF16 = 2,  /**< bfloat16 (not yet supported). */
-  KVRT_KV_FORMAT_Q8 = 3,    /**< 8-bit integers with scales (not yet supported). */
-  KVRT_KV_FORMAT_Q4 = 4     /**< 4-bit integers with scales (not yet supported). */
+  KVRT_KV_FORMAT_BF16 = 2,  /**< bfloat16 (not yet supported by sessions). */
+  KVRT_KV_FORMAT_Q8 = 3,    /**< 8-bit integers with per-block scales (docs/quantization.md). */
+  KVRT_KV_FORMAT_Q4 = 4     /**< 4-bit integers with per-block scales and minimums. */
 } kvrt_kv_format;
 
 /** @brief Number of values in ::kvrt_kv_format. */
@@ -431,7 +431,8 @@ KVRT_API kvrt_status kvrt_tokenize(const kvrt_model* model, const char* text,
  * @param model In: the model.
  * @param tokens In: @p n_tokens ids (may be NULL when @p n_tokens is 0).
  * @param n_tokens In: number of ids.
- * @param text Out: the text, or NULL with @p capacity 0 to query the size.
+ * @param text Out: the text, or NULL with @p capacity 0 to query the size
+ *             (then ::KVRT_OK is returned with the size in @p text_len).
  * @param capacity In: room in @p text, in bytes.
  * @param text_len Out: bytes of text (written or needed, NUL excluded).
  * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_OUT_OF_RANGE (an
@@ -448,7 +449,8 @@ KVRT_API kvrt_status kvrt_detokenize(const kvrt_model* model,
  *        (a word-start marker becomes a leading space).
  * @param model In: the model.
  * @param token In: the id.
- * @param text Out: the bytes (not NUL-terminated), or NULL with @p capacity 0.
+ * @param text Out: the bytes (not NUL-terminated), or NULL with @p capacity 0
+ *             to query the size (::KVRT_OK with the size in @p text_len).
  * @param capacity In: room in @p text.
  * @param text_len Out: bytes written or needed.
  * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_OUT_OF_RANGE;
@@ -472,7 +474,8 @@ KVRT_API kvrt_status kvrt_token_to_piece(const kvrt_model* model, int32_t token,
  * @param params In: settings, or NULL for the defaults. Not kept.
  * @param out Out: the session, owned by the caller (kvrt_session_destroy()).
  *            Set to NULL on error.
- * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (unknown format, n_ctx above
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL @p model or @p out,
+ *         unknown format, n_ctx above
  *         the model's context length); ::KVRT_ERR_STRUCT_SIZE;
  *         ::KVRT_ERR_UNSUPPORTED (a format or K/V combination this build does
  *         not support, named in the message); ::KVRT_ERR_OUT_OF_MEMORY.
@@ -562,7 +565,8 @@ KVRT_API kvrt_status kvrt_session_rewind(kvrt_session* session, size_t n_tokens)
 /**
  * @brief Copies the session's token ids.
  * @param session In: the session.
- * @param tokens Out: the ids, or NULL with @p capacity 0 to query the count.
+ * @param tokens Out: the ids, or NULL with @p capacity 0 to query the count
+ *               (::KVRT_OK with the count in @p n_tokens).
  * @param capacity In: room in @p tokens.
  * @param n_tokens Out: the count (written or needed).
  * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_BUFFER_TOO_SMALL.

@@ -481,6 +481,10 @@ static kvrt::snap::WriteOptions snapshot_write_options(const kvrt_snapshot_param
     kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "params->reserved0 and reserved1 must be 0");
   kvrt::snap::WriteOptions o;
   o.level = p.compression_level == 0 ? 3 : p.compression_level;
+  // Checked here too, so a bad level is refused before any file is touched.
+  if (o.level < ZSTD_minCLevel() || o.level > ZSTD_maxCLevel())
+    kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "compression_level = %d is outside zstd's range %d..%d",
+               o.level, ZSTD_minCLevel(), ZSTD_maxCLevel());
   return o;
 }
 
