@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "integration/known-answers.hpp"
 #include "kvrt/kvrt.h"
 
 extern "C" {
@@ -22,18 +23,10 @@ extern "C" {
 
 namespace {
 
-const int32_t kPrompt[] = {1, 403, 407, 261, 378};
-const int32_t kGreedy[64] = {432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401,
-                             396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433,
-                             426, 385, 328, 432, 358, 394, 261, 370, 432, 352, 266, 268, 388,
-                             426, 338, 391, 266, 267, 337, 335, 312, 432, 398, 312, 286, 267,
-                             414, 270, 333, 415, 426, 13,  438, 310, 439, 419, 357, 336};
+using kvrt_test::kGreedy;
+using kvrt_test::kPrompt;
 
-std::string model_path() {
-  const char* p = std::getenv("KVRT_MODEL");
-  if (!p || !*p) p = std::getenv("KVRT_MODEL_DEFAULT");
-  return p ? p : "";
-}
+using kvrt_test::model_path;
 
 struct Env {
   kvrt_runtime* rt = nullptr;

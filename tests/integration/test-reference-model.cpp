@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "integration/known-answers.hpp"
 #include "integration/reference-forward.hpp"
 #include "model/model.hpp"
 
@@ -21,21 +22,13 @@ extern "C" {
 
 namespace {
 
-const int32_t kPrompt[] = {1, 403, 407, 261, 378};
-// Greedy continuation of kPrompt on stories260K, from an independent
-// implementation.
-const int32_t kGreedy[64] = {432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401,
-                             396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433,
-                             426, 385, 328, 432, 358, 394, 261, 370, 432, 352, 266, 268, 388,
-                             426, 338, 391, 266, 267, 337, 335, 312, 432, 398, 312, 286, 267,
-                             414, 270, 333, 415, 426, 13,  438, 310, 439, 419, 357, 336};
+using kvrt_test::kGreedy;
+using kvrt_test::kPrompt;
 
 std::unique_ptr<kvrt::Model> g_model;
 
 int setup(void**) {
-  const char* p = std::getenv("KVRT_MODEL");
-  if (!p || !*p) p = std::getenv("KVRT_MODEL_DEFAULT");
-  std::string path = p ? p : "";
+  const std::string path = kvrt_test::model_path();
   try {
     g_model = kvrt::Model::load(path);
   } catch (const std::exception& e) {
