@@ -221,8 +221,8 @@ KVRT_API kvrt_status kvrt_runtime_get_stats(const kvrt_runtime* runtime, kvrt_ru
     s.n_threads = rt.config().n_threads;
     s.kv_budget_bytes = rt.budget().limit();
     s.kv_used_bytes = rt.budget().used();
-    s.kv_reserved_bytes = const_cast<kvrt::Runtime&>(rt).reserved_bytes();
-    s.n_blocks_used = const_cast<kvrt::Runtime&>(rt).blocks_in_use();
+    s.kv_reserved_bytes = rt.reserved_bytes();
+    s.n_blocks_used = rt.blocks_in_use();
     std::memcpy(stats, &s, n);
   });
 }
