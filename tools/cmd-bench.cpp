@@ -22,7 +22,7 @@ namespace {
 void print_help() {
   std::printf(
       "usage: kvrt bench [-m MODEL] [-t T,T,...] [--depth D,D,...] [-n N] [--kv F,F,...]\n"
-      "                  [-r R] [--json] [--bandwidth]\n"
+      "                  [-r R] [--one-prefill] [--json] [--bandwidth]\n"
       "\n"
       "For each KV format, thread count and depth (in that nesting order):\n"
       "  prefill  a prompt of max(depth, --prefill) random token ids (fixed seed;\n"
@@ -33,6 +33,9 @@ void print_help() {
       "           requested and the next id chosen greedily, as a generation loop\n"
       "           does; decode tok/s = N / elapsed time.\n"
       "Each configuration runs R times in a fresh session; the MEDIAN is reported.\n"
+      "With --one-prefill, each (format, threads) pair prefills one session once,\n"
+      "to the largest depth, and every decode run rewinds it to its depth: deep\n"
+      "contexts (16K tokens) then cost one prefill instead of one per run.\n"
       "Each (format, threads) pair gets its own runtime, with a KV budget just\n"
       "large enough for the largest depth.\n"
       "\n"
@@ -45,6 +48,8 @@ void print_help() {
       "      --prefill N         shortest prompt the prefill is timed on (default 512)\n"
       "      --kv F,...          KV formats: f32, f16, bf16, q8, q4 or K/V (default f16)\n"
       "  -r, --repeats R         runs per configuration; the median is kept (default 3)\n"
+      "      --one-prefill       one prefill per format and thread count, shared by\n"
+      "                          every depth and repeat (prefill tok/s: that prefill)\n"
       "      --json              one JSON object per line per configuration\n"
       "      --bandwidth         measure memory read bandwidth and add the roofline:\n"
       "                          roofline tok/s = bandwidth / (weight bytes + depth x\n"
@@ -61,6 +66,7 @@ struct BenchOptions {
   uint32_t prefill_min = 512;
   std::vector<std::pair<uint32_t, uint32_t>> kv{{KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16}};
   uint32_t repeats = 3;
+  bool one_prefill = false;
   bool json = false;
   bool bandwidth = false;
   uint64_t bandwidth_bytes = 1ull << 30;
@@ -188,16 +194,7 @@ std::string json_escape(const std::string& s) {
   return out;
 }
 
-struct Result {
-  double prefill_tok_s;
-  double decode_tok_s;
-};
-
-// One measurement in a fresh session: prefill `prompt`, rewind to `depth`,
-// decode n tokens greedily.
-Result run_once(kvrt_model* model, const kvrt_model_info& info, uint32_t format_k,
-                uint32_t format_v, uint32_t n_ctx, const std::vector<int32_t>& prompt,
-                uint32_t depth, uint32_t n_decode, int32_t first_token) {
+SessionPtr new_session(kvrt_model* model, uint32_t format_k, uint32_t format_v, uint32_t n_ctx) {
   kvrt_session_params sp;
   kvrt_session_default_params(&sp);
   sp.kv_format_k = format_k;
@@ -211,23 +208,29 @@ Result run_once(kvrt_model* model, const kvrt_model_info& info, uint32_t format_
   kvrt_sampler_default_params(&greedy);
   greedy.temperature = 0;
   check(kvrt_session_set_sampler(session.get(), &greedy), "setting the sampler");
+  return session;
+}
 
-  std::vector<float> logits(info.n_vocab);
+// Prefills `prompt` in one call; returns tokens/s.
+double prefill(kvrt_session* session, const std::vector<int32_t>& prompt, std::vector<float>& logits) {
   const double t0 = now_seconds();
-  check(kvrt_decode_step(session.get(), prompt.data(), prompt.size(), logits.data(), logits.size()),
+  check(kvrt_decode_step(session, prompt.data(), prompt.size(), logits.data(), logits.size()),
         "prefilling " + std::to_string(prompt.size()) + " tokens");
-  const double prefill_s = now_seconds() - t0;
-  check(kvrt_session_rewind(session.get(), depth), "rewinding to depth " + std::to_string(depth));
+  return prompt.size() / (now_seconds() - t0);
+}
 
+// Rewinds to `depth` and decodes n tokens greedily, one call each; returns tokens/s.
+double decode_from(kvrt_session* session, uint32_t depth, uint32_t n_decode, int32_t first_token,
+                   std::vector<float>& logits) {
+  check(kvrt_session_rewind(session, depth), "rewinding to depth " + std::to_string(depth));
   int32_t token = first_token;
-  const double t1 = now_seconds();
+  const double t0 = now_seconds();
   for (uint32_t i = 0; i < n_decode; ++i) {
-    check(kvrt_decode_step(session.get(), &token, 1, logits.data(), logits.size()),
+    check(kvrt_decode_step(session, &token, 1, logits.data(), logits.size()),
           "decoding at position " + std::to_string(depth + i));
-    check(kvrt_session_sample(session.get(), logits.data(), logits.size(), &token), "sampling");
+    check(kvrt_session_sample(session, logits.data(), logits.size(), &token), "sampling");
   }
-  const double decode_s = now_seconds() - t1;
-  return {prompt.size() / prefill_s, n_decode / decode_s};
+  return n_decode / (now_seconds() - t0);
 }
 
 }  // namespace
@@ -267,6 +270,8 @@ int cmd_bench(int argc, char** argv) {
     } else if (a.is("-r", "--repeats")) {
       o.repeats = parse_u32(opt, a.value());
       if (o.repeats == 0) usage_error("-r must be above 0");
+    } else if (a.is("--one-prefill")) {
+      o.one_prefill = true;
     } else if (a.is("--json")) {
       o.json = true;
     } else if (a.is("--bandwidth")) {
@@ -341,8 +346,12 @@ int cmd_bench(int argc, char** argv) {
 
   if (!o.json) {
     std::printf("model: %s (%s, %" PRIu64 " weight bytes)\n", path.c_str(), info.name, info.weight_bytes);
-    std::printf("decode of %u tokens, %u run%s per row (median); prefill on max(depth, %u) tokens\n\n",
-                o.n_decode, o.repeats, o.repeats == 1 ? "" : "s", o.prefill_min);
+    if (o.one_prefill)
+      std::printf("decode of %u tokens, %u run%s per row (median); one prefill of %u tokens per format and thread count\n\n",
+                  o.n_decode, o.repeats, o.repeats == 1 ? "" : "s", prompt_max);
+    else
+      std::printf("decode of %u tokens, %u run%s per row (median); prefill on max(depth, %u) tokens\n\n",
+                  o.n_decode, o.repeats, o.repeats == 1 ? "" : "s", o.prefill_min);
     std::printf("| kv | threads | depth | prefill tok/s | decode tok/s | ms/token |%s\n",
                 o.bandwidth ? " roofline tok/s | roofline frac |" : "");
     std::printf("|---|---:|---:|---:|---:|---:|%s\n", o.bandwidth ? "---:|---:|" : "");
@@ -372,15 +381,29 @@ int cmd_bench(int argc, char** argv) {
         check(kvrt_runtime_get_stats(runtime.get(), &rs));
         const unsigned used_threads = rs.n_threads;
 
+        std::vector<float> logits(info.n_vocab);
+        // --one-prefill: one session holds the whole prompt; each run rewinds it.
+        SessionPtr shared;
+        double shared_prefill_tok_s = 0;
+        if (o.one_prefill) {
+          const uint32_t n_ctx = std::max<uint32_t>(prompt_max, max_depth + o.n_decode);
+          shared = new_session(model.get(), fk, fv, std::min(n_ctx, info.n_ctx_train));
+          shared_prefill_tok_s = prefill(shared.get(), prompt_all, logits);
+        }
         for (uint32_t depth : o.depths) {
           const uint32_t n_prompt = std::min(std::max(depth, o.prefill_min), info.n_ctx_train);
           const std::vector<int32_t> prompt(prompt_all.begin(), prompt_all.begin() + n_prompt);
           const uint32_t n_ctx = std::max<uint32_t>(n_prompt, depth + o.n_decode);
           std::vector<double> pre, dec;
           for (uint32_t r = 0; r < o.repeats; ++r) {
-            Result res = run_once(model.get(), info, fk, fv, n_ctx, prompt, depth, o.n_decode, first_token);
-            pre.push_back(res.prefill_tok_s);
-            dec.push_back(res.decode_tok_s);
+            if (shared) {
+              pre.push_back(shared_prefill_tok_s);
+              dec.push_back(decode_from(shared.get(), depth, o.n_decode, first_token, logits));
+              continue;
+            }
+            SessionPtr session = new_session(model.get(), fk, fv, n_ctx);
+            pre.push_back(prefill(session.get(), prompt, logits));
+            dec.push_back(decode_from(session.get(), depth, o.n_decode, first_token, logits));
           }
           const double prefill_tok_s = median(pre), decode_tok_s = median(dec);
           double bw = 0, roof = 0, frac = 0;
@@ -395,7 +418,7 @@ int cmd_bench(int argc, char** argv) {
                         ",\"kv\":\"%s\",\"threads\":%u,\"depth\":%u,\"n_decode\":%u,\"prefill_tokens\":%u,"
                         "\"repeats\":%u,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"ms_per_token\":%.4f",
                         json_escape(path).c_str(), info.weight_bytes, info.decode_weight_bytes, bpt, kv_name.c_str(), used_threads,
-                        depth, o.n_decode, n_prompt, o.repeats, prefill_tok_s, decode_tok_s,
+                        depth, o.n_decode, shared ? prompt_max : n_prompt, o.repeats, prefill_tok_s, decode_tok_s,
                         1e3 / decode_tok_s);
             if (o.bandwidth)
               std::printf(",\"bandwidth_bytes_s\":%.0f,\"roofline_tok_s\":%.3f,\"roofline_frac\":%.4f", bw,

@@ -165,6 +165,13 @@ for line in open(sys.argv[1]):
     assert o["prefill_tok_s"] > 0 and o["decode_tok_s"] > 0, o
 ' "$out" || fail "a line is not valid JSON with positive speeds"
     fi
+    # One shared prefill to the largest depth (600 > --prefill 512), rewound
+    # for every depth and repeat, q8 included (rewinds into quantized blocks).
+    run bench -m "$model" --json -n 4 --depth 600,40,0 -r 2 -t 1 --one-prefill --kv f16,q8
+    expect_rc 0 "bench --one-prefill"
+    [ "$(wc -l <"$out")" -eq 6 ] || fail "expected 6 JSON lines from --one-prefill"
+    [ "$(grep -c '"prefill_tokens":600,' "$out")" -eq 6 ] || fail "--one-prefill rows do not all name the one 600-token prefill"
+    grep -q '"kv":"q8","threads":1,"depth":40,' "$out" || fail "no q8 row at depth 40"
     run bench -m "$model" -n 2 --depth 16 -r 1 -t 1 --bandwidth --bandwidth-size 16M
     expect_rc 0 "bench --bandwidth"
     grep -q "memory read bandwidth" "$out" || fail "no bandwidth line"
