@@ -97,6 +97,134 @@ KVRT_HD uint8_t kvq_q4_code(float x, float mn, float inv_scale) {
 }
 KVRT_HD float kvq_inv(float s) { return s > 0.0f ? 1.0f / s : 0.0f; }
 
+// Fitting q4 parameters. kvq_q4_params gives the min/max parameters, under
+// which no code clips. kvq_q4_fit starts there and looks for parameters with a
+// lower (weighted) squared error: it alternates assigning codes and the
+// closed-form least-squares (scale, min) for those codes, from the min/max
+// range and optionally from a few shrunken ranges, and keeps the best
+// candidate rounded outward to f16 (min down, scale up). A fitted candidate
+// may let the extreme elements clip to code 0 or 15; it is only kept when its
+// error over the whole set is lower, so the fitted error is never above the
+// min/max error. Only the encoder runs this: the stored format and the
+// decoder are unchanged.
+//
+// The error of element v is weighted by 1 + edge_weight * z^2, z = (v - mid) /
+// half_range in [-1, 1] over the set. Keys use a large edge weight: the
+// tokens at the ends of a key channel are the ones whose scores move most
+// with the query and which attention weights most, and a plain
+// least-squares fit that trades their error for the middle's made attention
+// worse (docs/quantization.md has the figures). Values use 0 (plain squared
+// error) and also start from shrunken ranges.
+constexpr float kKvqKeyEdgeWeight = 256.0f;
+constexpr float kKvqValueEdgeWeight = 0.0f;
+constexpr uint32_t kKvqKeyShrinkStarts = 0;
+constexpr uint32_t kKvqValueShrinkStarts = 9;
+constexpr uint32_t kKvqFitRounds = 4;
+
+KVRT_HD float kvq_q4_weight(float v, float mid, float inv_half, float edge_weight) {
+  if (edge_weight == 0.0f) return 1.0f;
+  float z = (v - mid) * inv_half;
+  return 1.0f + edge_weight * z * z;
+}
+
+// Weighted squared error of n elements (x[i * stride]) stored with these f16
+// parameters: codes exactly as the encoder writes them, values exactly as the
+// decoder reads them. mid and inv_half = 2 / (max - min) place the weights.
+KVRT_HD float kvq_q4_error(const float* x, size_t stride, uint32_t n, uint16_t scale_h, uint16_t min_h,
+                           float mid, float inv_half, float edge_weight) {
+  const float s = f16_to_f32(scale_h), mn = f16_to_f32(min_h), inv = kvq_inv(s);
+  float e = 0.0f;
+  for (uint32_t i = 0; i < n; ++i) {
+    float v = kvq_sanitize(x[i * stride]);
+    float d = v - (mn + s * (float)kvq_q4_code(v, mn, inv));
+    e += kvq_q4_weight(v, mid, inv_half, edge_weight) * d * d;
+  }
+  return e;
+}
+
+// State of one fit: the set, its weighting and the best parameters so far.
+struct KvqQ4Fit {
+  const float* x;
+  size_t stride;
+  uint32_t n;
+  float lo, mid, inv_half, edge_weight;
+  uint16_t scale_h, min_h;
+  float err;
+};
+
+// Keeps (s, m), rounded outward to f16, if it stores the set with a lower
+// error than the best so far. A pair outside the f16 range is skipped.
+KVRT_HD void kvq_q4_try(KvqQ4Fit* f, float s, float m) {
+  if (!(s <= kKvQuantMax) || !(m >= -kKvQuantMax) || !(m <= kKvQuantMax)) return;
+  const uint16_t sh = kvq_f16_up(s), mh = kvq_f16_down(m);
+  const float e = kvq_q4_error(f->x, f->stride, f->n, sh, mh, f->mid, f->inv_half, f->edge_weight);
+  if (e < f->err) {
+    f->err = e;
+    f->scale_h = sh;
+    f->min_h = mh;
+  }
+}
+
+// kKvqFitRounds rounds of: codes for (s, m), then the weighted least-squares
+// (s, m) for those codes. Sums are taken relative to lo so that a set far
+// from zero does not lose its spread to cancellation.
+KVRT_HD void kvq_q4_refine(KvqQ4Fit* f, float range, float s, float m) {
+  for (uint32_t round = 0; round < kKvqFitRounds; ++round) {
+    const float inv = 1.0f / s;
+    float sw = 0, sc = 0, scc = 0, sx = 0, scx = 0;
+    for (uint32_t i = 0; i < f->n; ++i) {
+      const float v = kvq_sanitize(f->x[i * f->stride]);
+      const float w = kvq_q4_weight(v, f->mid, f->inv_half, f->edge_weight);
+      const float c = (float)kvq_q4_code(v, m, inv), d = v - f->lo;
+      sw += w;
+      sc += w * c;
+      scc += w * c * c;
+      sx += w * d;
+      scx += w * c * d;
+    }
+    const float den = sw * scc - sc * sc;
+    if (!(den > 0.0f)) return;  // all elements share one code
+    const float s2 = (sw * scx - sc * sx) / den;
+    // A step below range/64 or above the range is never better, and the
+    // bounds keep (v - m) / s small enough for the integer code conversion.
+    if (!(s2 >= range / 64.0f) || !(s2 <= range)) return;
+    m = f->lo + (sx - s2 * sc) / sw;
+    s = s2;
+    kvq_q4_try(f, s, m);
+  }
+}
+
+// Fitted q4 parameters of n elements x[i * stride] (n >= 1). n_shrink extra
+// starts shrink the range by k/32 of it (k = 1, 2, 3, ...) from the low end,
+// the high end and both ends in turn.
+KVRT_HD void kvq_q4_fit(const float* x, size_t stride, uint32_t n, float edge_weight, uint32_t n_shrink,
+                        uint16_t* scale_h, uint16_t* min_h) {
+  float lo = 0.0f, hi = 0.0f;
+  for (uint32_t i = 0; i < n; ++i) {
+    const float v = kvq_sanitize(x[i * stride]);
+    if (i == 0 || v < lo) lo = v;
+    if (i == 0 || v > hi) hi = v;
+  }
+  kvq_q4_params(lo, hi, scale_h, min_h);
+  if (!(hi > lo)) return;  // constant set: min/max is already exact up to f16
+  const float r = hi - lo, inv_half = 2.0f / r;
+  // A range so small that 2 / range overflows is weighted uniformly.
+  const bool finite = inv_half <= 3.0e38f;
+  KvqQ4Fit f = {x, stride, n, lo, 0.5f * (lo + hi), finite ? inv_half : 0.0f, finite ? edge_weight : 0.0f,
+                *scale_h, *min_h, 0.0f};
+  f.err = kvq_q4_error(x, stride, n, f.scale_h, f.min_h, f.mid, f.inv_half, f.edge_weight);
+  kvq_q4_refine(&f, r, r / 15.0f, lo);
+  for (uint32_t k = 1; k <= n_shrink; ++k) {
+    const float cut = (float)((k + 2) / 3) / 32.0f * r;
+    const float a = k % 3 != 2 ? cut : 0.0f, b = k % 3 != 1 ? cut : 0.0f;
+    const float s = (r - a - b) / 15.0f, m = lo + a;
+    kvq_q4_try(&f, s, m);
+    kvq_q4_refine(&f, r, s, m);
+  }
+  *scale_h = f.scale_h;
+  *min_h = f.min_h;
+}
+
 KVRT_HD void kvq_put4(uint8_t* row, uint32_t c, uint8_t code) {
   uint8_t* b = row + c / 2;
   *b = (c & 1) ? (uint8_t)((*b & 0x0fu) | (code << 4)) : (uint8_t)((*b & 0xf0u) | code);
@@ -129,7 +257,7 @@ KVRT_HD void kvq_quantize_k(uint32_t format, uint8_t* dst, const float* src, siz
       for (uint32_t t = 0; t < n_tokens; ++t)
         ((int8_t*)dst)[t * rb + c] = kvq_q8_code(src[t * src_stride + c], inv);
     } else {
-      kvq_q4_params(lo, hi, &sc[c], &sc[head_dim + c]);
+      kvq_q4_fit(src + c, src_stride, n_tokens, kKvqKeyEdgeWeight, kKvqKeyShrinkStarts, &sc[c], &sc[head_dim + c]);
       float mn = f16_to_f32(sc[head_dim + c]), inv = kvq_inv(f16_to_f32(sc[c]));
       for (uint32_t t = 0; t < n_tokens; ++t)
         kvq_put4(dst + t * rb, c, kvq_q4_code(src[t * src_stride + c], mn, inv));
@@ -162,7 +290,8 @@ KVRT_HD void kvq_quantize_v(uint32_t format, uint8_t* dst, const float* src, siz
         float inv = kvq_inv(f16_to_f32(s));
         for (uint32_t c = c0; c < c1; ++c) ((int8_t*)dst)[t * rb + c] = kvq_q8_code(x[c], inv);
       } else {
-        kvq_q4_params(lo, hi, &sc[t * ng + g], &mins[t * ng + g]);
+        kvq_q4_fit(x + c0, 1, c1 - c0, kKvqValueEdgeWeight, kKvqValueShrinkStarts, &sc[t * ng + g],
+                   &mins[t * ng + g]);
         float mn = f16_to_f32(mins[t * ng + g]), inv = kvq_inv(f16_to_f32(sc[t * ng + g]));
         for (uint32_t c = c0; c < c1; ++c) kvq_put4(dst + t * rb, c, kvq_q4_code(x[c], mn, inv));
       }

@@ -1,6 +1,6 @@
 // Tests of the q8/q4 KV codecs (kernels/common/kv-quant.h): byte layout on
-// hand-worked examples, round-trip error bounds derived from the format's
-// definition on random and adversarial data, odd head dims, partial blocks.
+// hand-worked examples, round-trip error bounds derived from the encoder's
+// rules on random and adversarial data, odd head dims, partial blocks.
 #include <string.h>
 
 #include <algorithm>
@@ -15,12 +15,48 @@ namespace {
 const uint32_t kFormats[] = {KV_Q8, KV_Q4};
 const uint32_t kDims[] = {1, 7, 8, 33, 64, 80, 96, 128};
 
-// Worst-case error of one element in a set spanning [lo, hi]: half a step,
-// with slack for the f16 rounding of scale (up, 1 ulp = 2^-10) and, for q4,
-// of the minimum (down).
-double bound(uint32_t fmt, double lo, double hi) {
-  if (fmt == KV_Q8) return std::max(fabs(lo), fabs(hi)) / 254.0 * 1.002 + 1e-7;
-  return (hi - lo + fabs(lo) * 2e-3) / 30.0 * 1.002 + fabs(lo) * 1e-3 + 1e-7;
+// q8: worst-case error of one element in a set spanning [lo, hi]: half a
+// step, with slack for the f16 rounding of the scale (up, 1 ulp = 2^-10).
+double bound_q8(double lo, double hi) { return std::max(fabs(lo), fabs(hi)) / 254.0 * 1.002 + 1e-7; }
+
+// q4 sets are fitted (kvq_q4_fit): the stored parameters give a weighted
+// squared error no larger than the min/max parameters (kvq_q4_params) would,
+// weight 1 + w * z^2 with z = (x - mid) / half-range. Hence each element's
+// weighted squared error is at most that min/max error, though an element may
+// now be off by more than half a step (codes may clip). Checks both on one set
+// (x the inputs, y what came back) and returns {fitted, min/max} errors.
+struct SetErr {
+  double fit, minmax;
+};
+SetErr check_q4_set(const std::vector<double>& x, const std::vector<double>& y, float edge_weight,
+                    const char* ctx) {
+  double lo = 1e30, hi = -1e30;
+  for (double v : x) {
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  const double mid = 0.5 * (lo + hi), inv_half = hi > lo ? 2.0 / (hi - lo) : 0.0;
+  uint16_t sh, mh;
+  kvq_q4_params((float)lo, (float)hi, &sh, &mh);
+  const float s = f16_to_f32(sh), mn = f16_to_f32(mh);
+  std::vector<double> w(x.size());
+  SetErr e{0, 0};
+  for (size_t i = 0; i < x.size(); ++i) {
+    // The min/max rule by its definition: code = round((x - min) / scale).
+    const double z = (x[i] - mid) * inv_half, c = std::min(15.0, std::max(0.0, std::round((x[i] - mn) / s)));
+    w[i] = 1.0 + edge_weight * z * z;
+    const double dm = x[i] - ((double)mn + (double)s * c), df = x[i] - y[i];
+    e.minmax += w[i] * dm * dm;
+    e.fit += w[i] * df * df;
+  }
+  const double slack = e.minmax * 1e-4 + 1e-12;
+  if (!(e.fit <= e.minmax + slack)) {
+    fprintf(stderr, "%s: fitted error %.9g above min/max error %.9g\n", ctx, e.fit, e.minmax);
+    fail();
+  }
+  for (size_t i = 0; i < x.size(); ++i)
+    kt::check_close(y[i], x[i], sqrt((e.minmax + slack) / w[i]), "element", i, ctx);
+  return e;
 }
 
 // Quantizes K or V of n tokens into a buffer with guard bytes after the
@@ -43,29 +79,50 @@ size_t round_trip(bool is_k, uint32_t fmt, const std::vector<float>& x, uint32_t
   return bytes;
 }
 
-// Checks every element against the bound of its own set: per channel for K,
-// per token group for V.
-void check_bounds(bool is_k, uint32_t fmt, const std::vector<float>& x, uint32_t n,
-                  uint32_t hd, const std::vector<float>& y, const char* ctx) {
+// Checks every element against the rule of its own set: per channel for K,
+// per token group for V. Inputs are compared as the encoder reads them (NaN
+// as 0, clamped to the f16 range). Returns the summed q4 errors (fitted, min/max).
+SetErr check_bounds(bool is_k, uint32_t fmt, const std::vector<float>& x, uint32_t n,
+                    uint32_t hd, const std::vector<float>& y, const char* ctx) {
   const uint32_t gs = std::min<uint32_t>(32, hd);
+  SetErr sum{0, 0};
+  if (fmt == KV_Q4) {
+    // One set per channel (K) or per token and group (V).
+    const uint32_t n_sets = is_k ? hd : n * ((hd + gs - 1) / gs);
+    for (uint32_t k = 0; k < n_sets; ++k) {
+      std::vector<double> xs, ys;
+      const uint32_t t = is_k ? 0 : k / ((hd + gs - 1) / gs), c0 = is_k ? k : k % ((hd + gs - 1) / gs) * gs;
+      const uint32_t len = is_k ? n : std::min(hd, c0 + gs) - c0;
+      for (uint32_t i = 0; i < len; ++i) {
+        const size_t at = is_k ? (size_t)i * hd + c0 : (size_t)t * hd + c0 + i;
+        xs.push_back(kvq_sanitize(x[at]));
+        ys.push_back(y[at]);
+      }
+      SetErr e = check_q4_set(xs, ys, is_k ? kKvqKeyEdgeWeight : kKvqValueEdgeWeight, ctx);
+      sum.fit += e.fit;
+      sum.minmax += e.minmax;
+    }
+    return sum;
+  }
   for (uint32_t t = 0; t < n; ++t) {
     for (uint32_t c = 0; c < hd; ++c) {
       double lo = 1e30, hi = -1e30;
       if (is_k) {
         for (uint32_t u = 0; u < n; ++u) {
-          lo = std::min(lo, (double)x[u * hd + c]);
-          hi = std::max(hi, (double)x[u * hd + c]);
+          lo = std::min(lo, (double)kvq_sanitize(x[u * hd + c]));
+          hi = std::max(hi, (double)kvq_sanitize(x[u * hd + c]));
         }
       } else {
         uint32_t c0 = c / gs * gs, c1 = std::min(hd, c0 + gs);
         for (uint32_t u = c0; u < c1; ++u) {
-          lo = std::min(lo, (double)x[t * hd + u]);
-          hi = std::max(hi, (double)x[t * hd + u]);
+          lo = std::min(lo, (double)kvq_sanitize(x[t * hd + u]));
+          hi = std::max(hi, (double)kvq_sanitize(x[t * hd + u]));
         }
       }
-      kt::check_close(y[t * hd + c], x[t * hd + c], bound(fmt, lo, hi), "element", t * hd + c, ctx);
+      kt::check_close(y[t * hd + c], kvq_sanitize(x[t * hd + c]), bound_q8(lo, hi), "element", t * hd + c, ctx);
     }
   }
+  return sum;
 }
 
 void test_layout_example(void**) {
@@ -99,6 +156,7 @@ void test_layout_example(void**) {
 void test_random_round_trip(void**) {
   kt::Rng rng(7);
   char ctx[128];
+  SetErr q4[2] = {{0, 0}, {0, 0}};  // V, K
   for (uint32_t fmt : kFormats)
     for (uint32_t hd : kDims)
       for (uint32_t bt : {1u, 16u, 32u})
@@ -110,8 +168,16 @@ void test_random_round_trip(void**) {
           }
           snprintf(ctx, sizeof ctx, "fmt %u hd %u bt %u %s", fmt, hd, bt, is_k ? "K" : "V");
           round_trip(is_k, fmt, x, bt, bt, hd, y);
-          check_bounds(is_k, fmt, x, bt, hd, y, ctx);
+          SetErr e = check_bounds(is_k, fmt, x, bt, hd, y, ctx);
+          q4[is_k].fit += e.fit;
+          q4[is_k].minmax += e.minmax;
         }
+  // The fit must find lower errors than min/max on uniform random data, not
+  // just equal ones (an encoder without the fit would give a ratio of 1).
+  for (int is_k = 0; is_k < 2; ++is_k) {
+    printf("q4 %s: fitted / min/max weighted squared error %.4f\n", is_k ? "K" : "V", q4[is_k].fit / q4[is_k].minmax);
+    assert_true(q4[is_k].fit < 0.99 * q4[is_k].minmax);
+  }
 }
 
 void test_adversarial(void**) {
@@ -137,10 +203,13 @@ void test_adversarial(void**) {
       snprintf(ctx, sizeof ctx, "outlier fmt %u %s", fmt, is_k ? "K" : "V");
       check_bounds(is_k, fmt, x, bt, hd, y, ctx);
       kt::check_close(y[5 * hd + 3], 1000.0, 1000.0 * 2e-3, "outlier", 0, ctx);
-      for (uint32_t t = 0; t < bt; ++t)
+      // q8 bystanders: half a step of their own range. q4 bystanders are
+      // held by check_bounds to the min/max error of their own set, which
+      // only holds values in [-0.05, 0.05].
+      for (uint32_t t = 0; t < bt && fmt == KV_Q8; ++t)
         for (uint32_t c = 0; c < hd; ++c) {
           bool shared = is_k ? c == 3 : (t == 5 && c < 32);
-          if (!shared) kt::check_close(y[t * hd + c], x[t * hd + c], bound(fmt, -0.05, 0.05), "bystander", c, ctx);
+          if (!shared) kt::check_close(y[t * hd + c], x[t * hd + c], bound_q8(-0.05, 0.05), "bystander", c, ctx);
         }
       // NaN reads as 0, infinities clamp to +-65504.
       for (auto& f : x) f = rng.uni(-1.0f, 1.0f);
@@ -148,6 +217,7 @@ void test_adversarial(void**) {
       x[4 * hd + 40] = INFINITY;
       x[4 * hd + 41] = -INFINITY;
       round_trip(is_k, fmt, x, bt, bt, hd, y);
+      check_bounds(is_k, fmt, x, bt, hd, y, ctx);
       for (float f : y) assert_true(std::isfinite(f));
       kt::check_close(y[4 * hd + 40], 65504.0, 65504.0 * 2e-3 + (fmt == KV_Q4 ? 65504.0 / 15 : 0), "+inf", 0, ctx);
       kt::check_close(y[4 * hd + 41], -65504.0, 65504.0 * 2e-3 + (fmt == KV_Q4 ? 65504.0 / 15 : 0), "-inf", 0, ctx);
