@@ -433,7 +433,9 @@ void fold(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_form
   }
 }
 
-const QAttnOps kAvx2Ops = {k_i8, k_u4, k_f16, v_i8, v_u4, v_f16, exp_sum, cvt_f16, block, fold};
+// No rounded-query step (block_q): AVX2 keeps the float key scores.
+const QAttnOps kAvx2Ops = {k_i8,    k_u4,    k_f16, v_i8, v_u4,    v_f16,
+                           exp_sum, cvt_f16, block, fold, nullptr, nullptr};
 
 }  // namespace
 

@@ -1,6 +1,8 @@
-// AVX-512 fused step of attention over q8/q4 blocks (see QAttnOps::block):
-// codes converted once per run into L1 scratch, four tokens scored per pass
-// with one transposed reduction, 64 channels of 4 heads accumulated per pass.
+// AVX-512 steps of attention over q8/q4 blocks. The float step
+// (QAttnOps::block): codes converted once per run into L1 scratch, four
+// tokens scored per pass with one transposed reduction, 64 channels of 4
+// heads accumulated per pass. Where the CPU has VNNI, the integer key step
+// (QAttnOps::block_q, below) takes the shapes it can.
 #include <immintrin.h>
 #include <math.h>
 
@@ -233,6 +235,444 @@ bool block(uint32_t kfmt, uint32_t vfmt, const uint8_t* kcodes, size_t rbk, cons
   return true;
 }
 
+// ---- VNNI step: integer key scores -------------------------------------
+// Keys are scored with vpdpbusd (64 u8 x s8 products per instruction)
+// against the query, folded with the block's key scales and rounded per
+// 32-channel group (int8 for q4 keys, 15 bits as two bytes for q8 keys), so
+// the key side costs a fraction of the float FMAs.
+// The cache keeps the row layout of kv-quant.h: 16 rows of codes are
+// transposed in registers into vectors holding one 4-byte code group of
+// each of 16 tokens, which gives 16 token scores per instruction and no
+// horizontal sums. Values stay float: codes are converted per token and
+// accumulated into 4 heads at once, the per-token scale folded into the
+// softmax weight. Reductions over several vectors are done together.
+//
+// The functions that use vpdpbusd carry the target attribute (the file is
+// built for AVX-512 F/BW/VL/DQ only; the table picks this step when the CPU
+// has VNNI); helpers without it inline into them.
+#define KVRT_VNNI __attribute__((target("avx512vnni")))
+
+// Rows of codes per transposed run (one score lane per row).
+constexpr uint32_t kVRows = 16;
+constexpr uint32_t kMaxG32 = kQAttnMaxHeadDim / 32;
+
+// One transpose stage: swaps bit B of the vector index with bit B of the
+// lane index, for every pair of the 8 vectors differing in bit B.
+template <int B>
+struct SwapIdx {
+  int32_t a[16], b[16];
+  constexpr SwapIdx() : a(), b() {
+    for (int l = 0; l < 16; ++l) {
+      const bool hi = (l >> B) & 1;
+      a[l] = hi ? 16 + (l ^ (1 << B)) : l;
+      b[l] = hi ? 16 + l : (l ^ (1 << B));
+    }
+  }
+};
+template <int B>
+inline void swap_bit(__m512i* z) {
+  alignas(64) static constexpr SwapIdx<B> idx{};
+  const __m512i xa = _mm512_loadu_si512(idx.a), xb = _mm512_loadu_si512(idx.b);
+  for (int i = 0; i < 8; ++i) {
+    if (i & (1 << B)) continue;
+    const __m512i a = z[i], b = z[i | (1 << B)];
+    z[i] = _mm512_permutex2var_epi32(a, xa, b);
+    z[i | (1 << B)] = _mm512_permutex2var_epi32(a, xb, b);
+  }
+}
+
+// 32 code bytes from byte `off` of rows 0..15 (rows past n repeat row n - 1)
+// -> z[j] lane t = bytes 4j..4j+3 of row t. Vector z[i] starts as rows i
+// (low half) and i + 8 (high half), so three bit swaps leave lane = row.
+inline void transpose_rows(const uint8_t* codes, size_t rb, uint32_t n, size_t off, __m512i* z) {
+  for (uint32_t i = 0; i < 8; ++i) {
+    const uint32_t r0 = i < n ? i : n - 1, r1 = i + 8 < n ? i + 8 : n - 1;
+    const __m256i lo = _mm256_loadu_si256((const __m256i*)(codes + r0 * rb + off));
+    const __m256i hi = _mm256_loadu_si256((const __m256i*)(codes + r1 * rb + off));
+    z[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+  swap_bit<0>(z);
+  swap_bit<1>(z);
+  swap_bit<2>(z);
+}
+
+// Key code vectors kc[m] (m < hd / 4): lane t = the 4 codes of token t that
+// meet dword m of the int8 query. q8: channels 4m..4m+3 (signed). q4: the
+// bytes of channels 8j..8j+7 split into low nibbles (m = 2j: channels 8j,
+// 8j+2, 8j+4, 8j+6) and high nibbles (m = 2j + 1: the odd channels); the
+// query is permuted to match.
+template <uint32_t KF>
+inline void key_vectors(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, __m512i* kc) {
+  const uint32_t row = (uint32_t)kvq_row_bytes(KF, hd);
+  for (uint32_t off = 0; off < row; off += 32) {
+    __m512i z[8];
+    transpose_rows(codes, rb, n, off, z);
+    if constexpr (KF == kKvqQ8) {
+      for (int j = 0; j < 8; ++j) kc[off / 4 + j] = z[j];
+    } else {
+      const __m512i m4 = _mm512_set1_epi8(0x0f);
+      for (int j = 0; j < 8; ++j) {
+        kc[off / 2 + 2 * j] = _mm512_and_si512(z[j], m4);
+        kc[off / 2 + 2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(z[j], 4), m4);
+      }
+    }
+  }
+}
+
+// Lane 4k of the result = max (Max) or sum of the 16 lanes of v[k], lane
+// 4k + 1 that of v[4 + k] (k < 4): 23 shuffles and operations for 8
+// reductions. lane8(i) gives the lane of v[i].
+template <bool Max>
+inline __m512 red_op(__m512 a, __m512 b) {
+  if constexpr (Max) return _mm512_max_ps(a, b);
+  return _mm512_add_ps(a, b);
+}
+template <bool Max>
+inline __m512 reduce8(const __m512* v) {
+  __m512 r[4], s[2];
+  for (int i = 0; i < 4; ++i)  // 128-bit lanes: [v2i: L0.L2, L1.L3, v2i+1: L0.L2, L1.L3]
+    r[i] = red_op<Max>(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                       _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 2; ++i)  // 128-bit lane k: v[4i + k] down to 4 floats
+    s[i] = red_op<Max>(_mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0x88),
+                       _mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0xDD));
+  const __m512 t = red_op<Max>(_mm512_unpacklo_ps(s[0], s[1]), _mm512_unpackhi_ps(s[0], s[1]));
+  return red_op<Max>(t, _mm512_permute_ps(t, 0x4E));
+}
+constexpr uint32_t lane8(uint32_t i) { return i < 4 ? 4 * i : 4 * (i - 4) + 1; }
+
+// Reduces nv vectors in batches of 8 (padded with the neutral element).
+template <bool Max>
+inline void reduce_n(const __m512* v, uint32_t nv, float* out) {
+  for (uint32_t i = 0; i < nv; i += 8) {
+    __m512 b[8];
+    for (uint32_t j = 0; j < 8; ++j)
+      b[j] = i + j < nv ? v[i + j] : (Max ? _mm512_set1_ps(-INFINITY) : _mm512_setzero_ps());
+    alignas(64) float f[16];
+    _mm512_store_ps(f, reduce8<Max>(b));
+    for (uint32_t j = 0; j < 8 && i + j < nv; ++j) out[i + j] = f[lane8(j)];
+  }
+}
+
+// The query of NG heads folded with the softmax scale and the block's key
+// scales, rounded per 32-channel group G to integers qi with
+// qs[c] ~= d[G] * qi[c], |error| <= d[G] / 2, d[G] = max|qs| / kQMax.
+// q4: qi fits int8 (kQMax 127), stored in the order of key_vectors (each 8
+// bytes: even channels, then odd); bias[g] = scale * sum_c q_c kmin_c.
+// q8: 15 bits (kQMax 16383), so rounding stays well below the error of q8
+// keys: qi = 128 * hi + lo, hi + 128 (the unsigned operand of vpdpbusd; the
+// key codes are the signed one) in bytes [0, hd) of the head, lo (0..127)
+// in bytes [hd, 2 hd).
+template <uint32_t KF>
+constexpr float kQMax = KF == kKvqQ8 ? 16383.0f : 127.0f;
+template <uint32_t KF>
+constexpr uint32_t kQBytes = KF == kKvqQ8 ? 2 : 1;  // query bytes per channel
+
+template <uint32_t KF, uint32_t NG>
+inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_t hd, uint8_t* qb,
+                       float* dq, float* bias) {
+  const uint32_t ng32 = hd / 32;
+  const __m512 sv = _mm512_set1_ps(scale);
+  const __m128i odd_even = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+  __m512 bs[8];
+  for (uint32_t g = 0; g < 8; ++g) bs[g] = _mm512_setzero_ps();
+  // 32-channel groups of every head together: the key scales are loaded
+  // once, and 8 (head, group) maxima reduced at a time (NG * 2 <= 8 for a
+  // 64-channel head; wider heads take several batches).
+  constexpr uint32_t GB = NG >= 8 ? 1 : 8 / NG;  // groups per batch
+  for (uint32_t G0 = 0; G0 < ng32; G0 += GB) {
+    const uint32_t gn = ng32 - G0 < GB ? ng32 - G0 : GB;
+    __m512 a[GB][NG][2], mx[8];
+    for (uint32_t j = 0; j < 8; ++j) mx[j] = _mm512_setzero_ps();
+    for (uint32_t u = 0; u < gn; ++u) {
+      const uint32_t c = 32 * (G0 + u);
+      const __m512 k0 = _mm512_mul_ps(sv, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + c))));
+      const __m512 k1 = _mm512_mul_ps(sv, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + c + 16))));
+      __m512 m0 = _mm512_setzero_ps(), m1 = m0;
+      if constexpr (KF == kKvqQ4) {
+        m0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + hd + c)));
+        m1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + hd + c + 16)));
+      }
+      for (uint32_t g = 0; g < NG; ++g) {
+        const __m512 q0 = _mm512_loadu_ps(q + (size_t)g * hd + c), q1 = _mm512_loadu_ps(q + (size_t)g * hd + c + 16);
+        a[u][g][0] = _mm512_mul_ps(q0, k0);
+        a[u][g][1] = _mm512_mul_ps(q1, k1);
+        mx[u * NG + g] = _mm512_max_ps(_mm512_abs_ps(a[u][g][0]), _mm512_abs_ps(a[u][g][1]));
+        if constexpr (KF == kKvqQ4) bs[g] = _mm512_fmadd_ps(q1, m1, _mm512_fmadd_ps(q0, m0, bs[g]));
+      }
+    }
+    const __m512 amax = reduce8<true>(mx);
+    alignas(64) float fd[16];
+    _mm512_store_ps(fd, _mm512_mul_ps(amax, _mm512_set1_ps(1.0f / kQMax<KF>)));
+    const __m512 fi = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                          _mm512_set1_ps(kQMax<KF>), amax);
+    for (uint32_t u = 0; u < gn; ++u)
+      for (uint32_t g = 0; g < NG; ++g) {
+        const uint32_t j = lane8(u * NG + g), c = 32 * (G0 + u);
+        dq[g * ng32 + G0 + u] = fd[j];
+        // Broadcast in registers: a store and reload would lengthen the
+        // chain every score of the block waits for.
+        const __m512 inv = _mm512_permutexvar_ps(_mm512_set1_epi32((int)j), fi);
+        const __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(a[u][g][0], inv));
+        const __m512i ib = _mm512_cvtps_epi32(_mm512_mul_ps(a[u][g][1], inv));
+        uint8_t* o = qb + (size_t)g * kQBytes<KF> * hd + c;
+        if constexpr (KF == kKvqQ8) {
+          const __m128i flip = _mm_set1_epi8((char)0x80);
+          const __m512i low = _mm512_set1_epi32(127);
+          _mm_storeu_si128((__m128i*)o, _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_srai_epi32(ia, 7)), flip));
+          _mm_storeu_si128((__m128i*)(o + 16), _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_srai_epi32(ib, 7)), flip));
+          _mm_storeu_si128((__m128i*)(o + hd), _mm512_cvtepi32_epi8(_mm512_and_si512(ia, low)));
+          _mm_storeu_si128((__m128i*)(o + hd + 16), _mm512_cvtepi32_epi8(_mm512_and_si512(ib, low)));
+        } else {
+          _mm_storeu_si128((__m128i*)o, _mm_shuffle_epi8(_mm512_cvtepi32_epi8(ia), odd_even));
+          _mm_storeu_si128((__m128i*)(o + 16), _mm_shuffle_epi8(_mm512_cvtepi32_epi8(ib), odd_even));
+        }
+      }
+  }
+  if constexpr (KF == kKvqQ4) {
+    alignas(64) float f[16];
+    _mm512_store_ps(f, _mm512_mul_ps(reduce8<false>(bs), sv));
+    for (uint32_t g = 0; g < NG; ++g) bias[g] = f[lane8(g)];
+  } else {
+    for (uint32_t g = 0; g < NG; ++g) bias[g] = 0.0f;
+  }
+}
+
+// Scores of 16 tokens for K heads: s[k] lane t = bias + sum over groups of
+// d * integer dot product. q8: 128 * (hi part) + (lo part), where the hi
+// products are (hi + 128) * code, so 128 * (the group's code sum per token,
+// one more vpdpbusd per code vector, shared by the heads) is subtracted.
+template <uint32_t KF, int K>
+KVRT_VNNI inline void scores_vnni(const __m512i* kc, uint32_t hd, const uint8_t* qb, const float* d,
+                        const float* bias, __m512* s) {
+  const uint32_t ng32 = hd / 32;
+  const size_t qstride = (size_t)kQBytes<KF> * hd;
+  for (int k = 0; k < K; ++k) s[k] = _mm512_set1_ps(bias[k]);
+  for (uint32_t G = 0; G < ng32; ++G) {
+    __m512i acc[K], lo[K], col = _mm512_setzero_si512();
+    for (int k = 0; k < K; ++k) acc[k] = lo[k] = _mm512_setzero_si512();
+    for (uint32_t m = 8 * G; m < 8 * G + 8; ++m) {
+      for (int k = 0; k < K; ++k) {
+        int32_t w;
+        __builtin_memcpy(&w, qb + k * qstride + 4 * m, 4);
+        if constexpr (KF == kKvqQ8) {
+          int32_t wl;
+          __builtin_memcpy(&wl, qb + k * qstride + hd + 4 * m, 4);
+          acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_set1_epi32(w), kc[m]);
+          lo[k] = _mm512_dpbusd_epi32(lo[k], _mm512_set1_epi32(wl), kc[m]);
+        } else {
+          acc[k] = _mm512_dpbusd_epi32(acc[k], kc[m], _mm512_set1_epi32(w));
+        }
+      }
+      if constexpr (KF == kKvqQ8) col = _mm512_dpbusd_epi32(col, _mm512_set1_epi8((char)0x80), kc[m]);
+    }
+    for (int k = 0; k < K; ++k) {
+      __m512i v = acc[k];
+      if constexpr (KF == kKvqQ8) v = _mm512_add_epi32(_mm512_slli_epi32(_mm512_sub_epi32(v, col), 7), lo[k]);
+      s[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(d[k * ng32 + G]), s[k]);
+    }
+  }
+}
+
+// Lane t = f[t * ngv + G] (f holds 16 * ngv floats).
+inline __m512 token_lanes(const float* f, uint32_t ngv, uint32_t G) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i idx = _mm512_add_epi32(_mm512_mullo_epi32(lanes, _mm512_set1_epi32((int)ngv)),
+                                       _mm512_set1_epi32((int)G));
+  switch (ngv) {
+    case 1: return _mm512_load_ps(f);
+    case 2: return _mm512_permutex2var_ps(_mm512_load_ps(f), idx, _mm512_load_ps(f + 16));
+    case 4: {
+      const __m512 lo = _mm512_permutex2var_ps(_mm512_load_ps(f), idx, _mm512_load_ps(f + 16));
+      const __m512 hi = _mm512_permutex2var_ps(_mm512_load_ps(f + 32), idx, _mm512_load_ps(f + 48));
+      return _mm512_mask_blend_ps(0xff00, lo, hi);
+    }
+    default: return _mm512_i32gather_ps(idx, f, 4);
+  }
+}
+
+// Even/odd channel split of 32 accumulators (q4 values decode a byte into
+// an even and an odd channel, so accumulators are kept split in the step).
+inline void split_even_odd(__m512* a0, __m512* a1) {
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 e = _mm512_permutex2var_ps(*a0, ie, *a1), o = _mm512_permutex2var_ps(*a0, io, *a1);
+  *a0 = e;
+  *a1 = o;
+}
+inline void join_even_odd(__m512* e, __m512* o) {
+  const __m512i i0 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i i1 = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512 a = _mm512_permutex2var_ps(*e, i0, *o), b = _mm512_permutex2var_ps(*e, i1, *o);
+  *e = a;
+  *o = b;
+}
+
+// acc[k] = alpha[k] * acc[k] + sum_t w[k][G][t] * code(t, c) (+ mb[k][G]
+// for q4) for K heads, 64 channels per pass; w is [k][G][kVRows].
+template <uint32_t VF, int K>
+inline void values_vnni(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* w,
+                        const float* mb, const float* alpha, float* acc) {
+  const uint32_t ngv = hd / 32;
+  for (uint32_t c0 = 0; c0 < hd; c0 += 64) {
+    const uint32_t G0 = c0 / 32;
+    __m512 a[K][4];
+    for (int k = 0; k < K; ++k) {
+      const __m512 al = _mm512_set1_ps(alpha[k]);
+      for (int u = 0; u < 4; ++u)
+        a[k][u] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + (size_t)k * hd + c0 + 16 * u));
+      if constexpr (VF == kKvqQ4) {
+        split_even_odd(&a[k][0], &a[k][1]);
+        split_even_odd(&a[k][2], &a[k][3]);
+      }
+    }
+    for (uint32_t t = 0; t < n; ++t) {
+      const uint8_t* r = codes + t * rb;
+      __m512 x[4];
+      if constexpr (VF == kKvqQ8) {
+        for (int u = 0; u < 4; ++u)
+          x[u] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(r + c0 + 16 * u))));
+      } else {
+        for (int h = 0; h < 2; ++h) {
+          const __m512i y = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(r + c0 / 2 + 16 * h)));
+          x[2 * h] = _mm512_cvtepi32_ps(_mm512_and_si512(y, _mm512_set1_epi32(0x0f)));
+          x[2 * h + 1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(y, 4));
+        }
+      }
+      for (int k = 0; k < K; ++k) {
+        const float* wk = w + ((size_t)k * ngv + G0) * kVRows + t;
+        const __m512 w0 = _mm512_set1_ps(wk[0]), w1 = _mm512_set1_ps(wk[kVRows]);
+        a[k][0] = _mm512_fmadd_ps(w0, x[0], a[k][0]);
+        a[k][1] = _mm512_fmadd_ps(w0, x[1], a[k][1]);
+        a[k][2] = _mm512_fmadd_ps(w1, x[2], a[k][2]);
+        a[k][3] = _mm512_fmadd_ps(w1, x[3], a[k][3]);
+      }
+    }
+    for (int k = 0; k < K; ++k) {
+      if constexpr (VF == kKvqQ4) {
+        const __m512 m0 = _mm512_set1_ps(mb[k * ngv + G0]), m1 = _mm512_set1_ps(mb[k * ngv + G0 + 1]);
+        a[k][0] = _mm512_add_ps(a[k][0], m0);
+        a[k][1] = _mm512_add_ps(a[k][1], m0);
+        a[k][2] = _mm512_add_ps(a[k][2], m1);
+        a[k][3] = _mm512_add_ps(a[k][3], m1);
+        join_even_odd(&a[k][0], &a[k][1]);
+        join_even_odd(&a[k][2], &a[k][3]);
+      }
+      for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc + (size_t)k * hd + c0 + 16 * u, a[k][u]);
+    }
+  }
+}
+
+// One run of n <= 16 rows for NG heads; kc and the int8 query are ready.
+template <uint32_t KF, uint32_t VF, uint32_t NG>
+KVRT_VNNI void run_vnni(const __m512i* kc, const uint8_t* vcodes, size_t rbv, const uint16_t* vsc,
+              const uint16_t* vmin, uint32_t ngv, uint32_t n, uint32_t hd, const uint8_t* qb,
+              const float* dq, const float* bias, float* m, float* l, float* acc) {
+  // Per-token value scales (and minimums) as floats, zero past n.
+  alignas(64) float sf[kVRows * kMaxG32], mf[kVRows * kMaxG32];
+  for (uint32_t i = 0; i < kVRows * ngv; i += 16) {
+    const __mmask16 k = i < n * ngv ? tail_mask(n * ngv - i) : 0;
+    _mm512_store_ps(sf + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, vsc + i)));
+    if constexpr (VF == kKvqQ4)
+      _mm512_store_ps(mf + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, vmin + i)));
+  }
+  const __mmask16 live = tail_mask(n);
+  __m512 s[8];
+  for (uint32_t g0 = 0; g0 < NG; g0 += 4) {
+    constexpr int K = NG < 4 ? (int)NG : 4;
+    scores_vnni<KF, K>(kc, hd, qb + (size_t)g0 * kQBytes<KF> * hd, dq + (size_t)g0 * ngv, bias + g0, s + g0);
+  }
+  // Online softmax: lanes past n are -inf for the maximum and weigh 0.
+  for (uint32_t g = 0; g < 8; ++g)
+    s[g] = g < NG ? _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, s[g]) : _mm512_set1_ps(-INFINITY);
+  alignas(64) float f[16];
+  _mm512_store_ps(f, reduce8<true>(s));
+  float alpha[NG];
+  __m512 p[8];
+  for (uint32_t g = 0; g < 8; ++g) {
+    if (g >= NG) {
+      p[g] = _mm512_setzero_ps();
+      continue;
+    }
+    const float mx = f[lane8(g)], m_new = mx > m[g] ? mx : m[g];
+    alpha[g] = m[g] == -INFINITY ? 0.0f : (m_new > m[g] ? __builtin_expf(m[g] - m_new) : 1.0f);
+    m[g] = m_new;
+    p[g] = _mm512_maskz_mov_ps(live, exp_neg(_mm512_sub_ps(s[g], _mm512_set1_ps(m_new))));
+  }
+  _mm512_store_ps(f, reduce8<false>(p));
+  for (uint32_t g = 0; g < NG; ++g) l[g] = l[g] * alpha[g] + f[lane8(g)];
+  // Weights with the value scales folded in, [g][G][t]; q4: sum_t p * min.
+  alignas(64) float w[NG * kMaxG32 * kVRows];
+  float mb[NG * kMaxG32];
+  __m512 pm[NG * kMaxG32];
+  for (uint32_t G = 0; G < ngv; ++G) {
+    const __m512 vs = token_lanes(sf, ngv, G);
+    const __m512 vm = VF == kKvqQ4 ? token_lanes(mf, ngv, G) : _mm512_setzero_ps();
+    for (uint32_t g = 0; g < NG; ++g) {
+      _mm512_store_ps(w + ((size_t)g * ngv + G) * kVRows, _mm512_mul_ps(p[g], vs));
+      if constexpr (VF == kKvqQ4) pm[g * ngv + G] = _mm512_mul_ps(p[g], vm);
+    }
+  }
+  if constexpr (VF == kKvqQ4) reduce_n<false>(pm, NG * ngv, mb);
+  for (uint32_t g = 0; g < NG; g += 4) {
+    constexpr int K = NG < 4 ? (int)NG : 4;
+    values_vnni<VF, K>(vcodes, rbv, n, hd, w + (size_t)g * ngv * kVRows, mb + (size_t)g * ngv,
+                       alpha + g, acc + (size_t)g * hd);
+  }
+}
+
+template <uint32_t KF, uint32_t VF, uint32_t NG>
+KVRT_VNNI void block_q_t(const uint8_t* kcodes, size_t rbk, const uint16_t* ksc, const uint8_t* vcodes,
+               size_t rbv, const uint16_t* vsc, const uint16_t* vmin, uint32_t ngv, uint32_t n,
+               uint32_t hd, const float* q, float scale, float* m, float* l, float* acc) {
+  alignas(64) uint8_t qb[NG * kQBytes<KF> * kQAttnMaxHeadDim];
+  float dq[NG * kMaxG32], bias[NG];
+  prep_query<KF, NG>(q, scale, ksc, hd, qb, dq, bias);
+  __m512i kc[kQAttnMaxHeadDim / 4];
+  for (uint32_t t0 = 0; t0 < n; t0 += kVRows) {
+    const uint32_t nr = n - t0 < kVRows ? n - t0 : kVRows;
+    key_vectors<KF>(kcodes + t0 * rbk, rbk, nr, hd, kc);
+    run_vnni<KF, VF, NG>(kc, vcodes + t0 * rbv, rbv, vsc + (size_t)t0 * ngv,
+                         vmin + (size_t)t0 * ngv, ngv, nr, hd, qb, dq, bias, m, l, acc);
+  }
+}
+
+using BlockQFn = void (*)(const uint8_t*, size_t, const uint16_t*, const uint8_t*, size_t,
+                          const uint16_t*, const uint16_t*, uint32_t, uint32_t, uint32_t,
+                          const float*, float, float*, float*, float*);
+
+template <uint32_t KF, uint32_t VF>
+BlockQFn pick_ng(uint32_t ng) {
+  switch (ng) {
+    case 1: return block_q_t<KF, VF, 1>;
+    case 2: return block_q_t<KF, VF, 2>;
+    case 4: return block_q_t<KF, VF, 4>;
+    case 8: return block_q_t<KF, VF, 8>;
+    default: return nullptr;
+  }
+}
+
+// Whole 64-channel runs (a q4 key transpose takes 32 bytes = 64 channels)
+// and passes of 1, 2, 4 or 8 heads (other counts take the float step).
+bool block_q_takes(uint32_t hd, uint32_t ng) {
+  return hd % 64 == 0 && hd <= kQAttnMaxHeadDim && (ng == 1 || ng == 2 || ng == 4 || ng == 8);
+}
+
+bool block_q(uint32_t kfmt, uint32_t vfmt, const uint8_t* kcodes, size_t rbk, const uint16_t* ksc,
+             const uint8_t* vcodes, size_t rbv, const uint16_t* vsc, const uint16_t* vmin,
+             uint32_t ngv, uint32_t n, uint32_t hd, const float* q, float scale, uint32_t ng,
+             float* m, float* l, float* acc) {
+  if (!block_q_takes(hd, ng) || ngv != hd / 32) return false;
+  const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
+  const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
+                        : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));
+  if (!f) return false;
+  f(kcodes, rbk, ksc, vcodes, rbv, vsc, vmin, ngv, n, hd, q, scale, m, l, acc);
+  return true;
+}
+
+#undef KVRT_VNNI
+
 }  // namespace
 
 const QAttnOps* qattn_ops_avx512() {
@@ -241,6 +681,11 @@ const QAttnOps* qattn_ops_avx512() {
   static const QAttnOps ops = [&] {
     QAttnOps o = *base;
     o.block = block;
+    // The integer key path needs AVX-512 VNNI (vpdpbusd).
+    if (__builtin_cpu_supports("avx512vnni")) {
+      o.block_q_takes = block_q_takes;
+      o.block_q = block_q;
+    }
     return o;
   }();
   return &ops;

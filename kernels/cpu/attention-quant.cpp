@@ -110,7 +110,7 @@ void cvt_f16_scalar(const uint16_t* src, uint32_t n, float* dst) {
 
 const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,    k_f16_scalar,   v_i8_scalar,
                              v_u4_scalar,  v_f16_scalar,   exp_sum_scalar, cvt_f16_scalar,
-                             nullptr,      fold_scalar};
+                             nullptr,      fold_scalar,    nullptr,        nullptr};
 
 const QAttnOps& ops() {
   if (cpu_isa() >= CpuIsa::avx512) {
@@ -179,6 +179,14 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
     const uint16_t* vsc = (const uint16_t*)(vp + kvq_scale_offset(L.v_format, bt, hd));
     const uint16_t* vmin = vsc + (size_t)bt * ngv;
     const uint32_t lo = b * bt > t0 ? b * bt : t0, hi = (b + 1) * bt < t1 ? (b + 1) * bt : t1;
+    // The rounded-query step takes the block's rows [lo, hi) in one call
+    // (it folds the query itself, once per call).
+    const uint32_t j0 = lo - b * bt;
+    if (quant && op.block_q && op.block_q_takes(hd, ngh) &&
+        op.block_q(L.k_format, L.v_format, kp + j0 * rbk, rbk, ksc, vp + j0 * rbv, rbv,
+                   vsc + (size_t)j0 * ngv, vmin + (size_t)j0 * ngv, ngv, hi - lo, hd, q0, a.scale,
+                   ngh, m, l, acc))
+      continue;
     // Fold the per-channel key scales (and, for q4, the minimums) into the
     // query once per block: s = sum_c (q_c scale_c) code_c + sum_c q_c min_c.
     if (quant) {
@@ -239,6 +247,11 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
 }  // namespace
 
 const QAttnOps& qattn_ops_scalar() { return kScalarOps; }
+
+bool qattn_rounds_query(uint32_t head_dim, uint32_t ng) {
+  const QAttnOps& op = ops();
+  return op.block_q && op.block_q_takes(head_dim, ng);
+}
 
 void attention_quant(const QAttnArgs& qa, uint32_t kv_head) {
   const AttnArgs& a = qa.base;

@@ -74,10 +74,26 @@ struct QAttnOps {
   // qs[g * hd + c] = q * scale * kscale_c, bias[g] = scale * sum_c q * kmin_c.
   void (*fold)(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_format,
                const uint16_t* k_scales, float* qs, float* bias);
+  // Optional fused step over n rows of one quantized block (any n <= the
+  // block's tokens) that folds the query itself (q unscaled, k_scales as
+  // for fold) and rounds the folded query per 32 channels (int8 against q4
+  // keys, 15 bits against q8; docs/quantization.md gives the error bound). Tried before fold+block
+  // for the shapes block_q_takes(hd, ng) accepts; returns false otherwise.
+  bool (*block_q_takes)(uint32_t hd, uint32_t ng);
+  bool (*block_q)(uint32_t k_format, uint32_t v_format, const uint8_t* k_codes, size_t rbk,
+                  const uint16_t* k_scales, const uint8_t* v_codes, size_t rbv,
+                  const uint16_t* v_scales, const uint16_t* v_mins, uint32_t ngv, uint32_t n,
+                  uint32_t hd, const float* q, float scale, uint32_t ng, float* m, float* l,
+                  float* acc);
 };
 
 // Scratch floats per converted K or V run of the fused step (on the stack).
 constexpr uint32_t kQAttnFusedFloats = 2048;
+
+// True when, at the current ISA level, a pass of ng query heads (passes
+// take kQAttnGroupChunk heads of a KV head group, the last one the rest) is
+// scored against a rounded query (QAttnOps::block_q), as tests must know.
+bool qattn_rounds_query(uint32_t head_dim, uint32_t ng);
 
 const QAttnOps& qattn_ops_scalar();
 // Null when this build has no AVX2 version.

@@ -99,19 +99,69 @@ QAttnArgs args(const QCache& c, uint32_t layer, const std::vector<float>& q, std
   return a;
 }
 
-// Softmax attention in double of query qi, head h, over [0, vis).
+// Score of key t (head h, query q) as a kernel that rounds the query
+// computes it (QAttnOps::block_q, docs/quantization.md): the query folded
+// in float with the softmax scale and the block's key scales, rounded per
+// 32 channels to integers with d = max|folded| / qmax (q4 keys: 127, an
+// int8 query; q8 keys: 16383), times the integer codes.
+// *bound gets sum over groups of d / 2 * sum |code|: how far that score may
+// be from the unrounded one.
+double rounded_score(const QCache& c, uint32_t layer, const float* q, uint32_t kvh, uint32_t t,
+                     double* bound) {
+  const KvLayout& L = c.layout;
+  const uint32_t hd = L.head_dim, bt = L.block_tokens, b = t / bt, j = t % bt;
+  const uint8_t* kp = c.blocks[b].data() + kv_k_offset(L, layer, kvh);
+  const uint16_t* ks = (const uint16_t*)(kp + kvq_scale_offset(L.k_format, bt, hd));
+  const size_t rb = kvq_row_bytes(L.k_format, hd);
+  const float scale = 1.0f / sqrtf((float)hd);
+  double s = 0.0;
+  *bound = 0.0;
+  for (uint32_t g0 = 0; g0 < hd; g0 += 32) {
+    float qs[32], amax = 0.0f;
+    for (uint32_t ch = 0; ch < 32; ++ch) {
+      qs[ch] = q[g0 + ch] * (scale * f16_to_f32(ks[g0 + ch]));
+      amax = std::max(amax, fabsf(qs[ch]));
+    }
+    const float qmax = L.k_format == KV_Q8 ? 16383.0f : 127.0f;
+    const float inv = amax > 0.0f ? qmax / amax : 0.0f, d = amax * (1.0f / qmax);
+    double dot = 0.0, codes = 0.0;
+    for (uint32_t ch = g0; ch < g0 + 32; ++ch) {
+      const int code = L.k_format == KV_Q8 ? (int)((const int8_t*)kp)[j * rb + ch]
+                                           : (int)kvq_get4(kp + j * rb, ch);
+      dot += (double)nearbyintf(qs[ch - g0] * inv) * code;
+      codes += abs(code);
+    }
+    s += (double)d * dot;
+    *bound += (double)d / 2 * codes;
+  }
+  if (L.k_format == KV_Q4)
+    for (uint32_t ch = 0; ch < hd; ++ch) s += (double)scale * q[ch] * f16_to_f32(ks[hd + ch]);
+  return s;
+}
+
+// Softmax attention in double of query qi, head h, over [0, vis). With
+// `rounded`, keys of quantized blocks are scored as rounded_score() and
+// *eps gets the largest score bound.
 void reference(const QCache& c, uint32_t layer, const float* q, uint32_t h, uint32_t n_head,
-               uint32_t vis, std::vector<double>& out) {
+               uint32_t vis, bool rounded, std::vector<double>& out, double* eps = nullptr) {
   const uint32_t hd = c.layout.head_dim, n_kv = c.layout.n_head_kv, kvh = h / (n_head / n_kv);
+  const uint32_t n_quant = c.n_tokens / c.layout.block_tokens * c.layout.block_tokens;
   const size_t per_head = (size_t)c.n_tokens * hd;
   const double* kd = c.k.data() + ((size_t)layer * n_kv + kvh) * per_head;
   const double* vd = c.v.data() + ((size_t)layer * n_kv + kvh) * per_head;
   std::vector<double> s(vis);
   double mx = -1e300, sum = 0;
+  if (eps) *eps = 0.0;
   for (uint32_t t = 0; t < vis; ++t) {
-    double d = 0;
-    for (uint32_t ch = 0; ch < hd; ++ch) d += (double)q[ch] * kd[(size_t)t * hd + ch];
-    s[t] = d / sqrt((double)hd);
+    if (rounded && t < n_quant) {
+      double bound;
+      s[t] = rounded_score(c, layer, q, kvh, t, &bound);
+      if (eps) *eps = std::max(*eps, bound);
+    } else {
+      double d = 0;
+      for (uint32_t ch = 0; ch < hd; ++ch) d += (double)q[ch] * kd[(size_t)t * hd + ch];
+      s[t] = d / sqrt((double)hd);
+    }
     mx = std::max(mx, s[t]);
   }
   out.assign(hd, 0.0);
@@ -128,15 +178,26 @@ const uint32_t kPairs[][2] = {{KV_Q8, KV_Q8}, {KV_Q8, KV_Q4}, {KV_Q4, KV_Q8}, {K
 // over a few thousand positions stays well inside this.
 const double kTol = 2e-5;
 
+// Checks out against the reference. Heads whose pass the current ISA level
+// scores with a rounded query are checked against the reference that rounds
+// the same way (to kTol), and against the unrounded one within the bound a
+// score error eps gives: |out - ref| <= (e^(2 eps) - 1) max|v| (|v| <= 1).
 void check_out(const QCache& c, uint32_t layer, const std::vector<float>& q,
                const std::vector<float>& out, uint32_t n_q, uint32_t n_head, const char* ctx) {
-  const uint32_t hd = c.layout.head_dim;
-  std::vector<double> ref;
+  const uint32_t hd = c.layout.head_dim, group = n_head / c.layout.n_head_kv;
+  std::vector<double> ref, exact;
   for (uint32_t qi = 0; qi < n_q; ++qi)
     for (uint32_t h = 0; h < n_head; ++h) {
       const size_t o = (size_t)qi * n_head * hd + (size_t)h * hd;
-      reference(c, layer, q.data() + o, h, n_head, c.n_tokens - n_q + qi + 1, ref);
+      const uint32_t vis = c.n_tokens - n_q + qi + 1, g0 = h % group / kQAttnGroupChunk * kQAttnGroupChunk;
+      const bool rounded = qattn_rounds_query(hd, std::min(group - g0, kQAttnGroupChunk));
+      double eps = 0.0;
+      reference(c, layer, q.data() + o, h, n_head, vis, rounded, ref, &eps);
       for (uint32_t ch = 0; ch < hd; ++ch) kt::check_close(out[o + ch], ref[ch], kTol, "out", o + ch, ctx);
+      if (!rounded) continue;
+      reference(c, layer, q.data() + o, h, n_head, vis, false, exact);
+      for (uint32_t ch = 0; ch < hd; ++ch)
+        kt::check_close(out[o + ch], exact[ch], expm1(2 * eps) + kTol, "out vs unrounded", o + ch, ctx);
     }
 }
 
@@ -144,10 +205,13 @@ void test_kernel_levels(void**) {
   kt::Rng rng(21);
   char ctx[160];
   for (auto& fp : kPairs)
-    for (uint32_t hd : {8u, 64u, 80u, 96u, 128u, 33u})
+    for (uint32_t hd : {8u, 64u, 80u, 96u, 128u, 33u, 256u})
+      for (uint32_t bt : {16u, 32u})
       for (uint32_t n_tokens : {1u, 16u, 37u, 131u}) {
-        const uint32_t n_kv = 2, n_head = hd == 64 ? 20 : 6, n_q = std::min(n_tokens, 3u), layer = 1;
-        QCache c = make(2, n_kv, hd, 16, fp[0], fp[1], n_tokens, rng);
+        if (bt == 32 && hd != 64) continue;  // blocks of 32: runs of 16 rows and a tail
+        // Query heads per KV head: 10 (passes of 8 and 2), 4, 2 or 3.
+        const uint32_t n_kv = 2, n_head = hd == 64 ? 20 : hd == 128 ? 8 : hd == 256 ? 4 : 6, n_q = std::min(n_tokens, 3u), layer = 1;
+        QCache c = make(2, n_kv, hd, bt, fp[0], fp[1], n_tokens, rng);
         std::vector<float> q((size_t)n_q * n_head * hd);
         for (auto& f : q) f = rng.uni(-2.0f, 2.0f);
         for (CpuIsa isa : kt::isa_levels()) {
@@ -155,7 +219,8 @@ void test_kernel_levels(void**) {
           std::vector<float> out(q.size(), 0.0f);
           QAttnArgs a = args(c, layer, q, out, n_q, n_head);
           for (uint32_t h = 0; h < n_kv; ++h) attention_quant(a, h);
-          snprintf(ctx, sizeof ctx, "%s k %u v %u hd %u n %u", cpu_isa_name(isa), fp[0], fp[1], hd, n_tokens);
+          snprintf(ctx, sizeof ctx, "%s k %u v %u hd %u bt %u n %u", cpu_isa_name(isa), fp[0], fp[1],
+                   hd, bt, n_tokens);
           check_out(c, layer, q, out, n_q, n_head, ctx);
           // Partials over uneven ranges merged must agree too (last query).
           std::vector<float> out2(q.size(), 0.0f);
