@@ -237,6 +237,12 @@ ModelPtr load_model(kvrt_runtime* runtime, const std::string& path) {
   return ModelPtr(m);
 }
 
+StorePtr open_store(const std::string& dir) {
+  kvrt_store* st = nullptr;
+  check(kvrt_store_open(dir.c_str(), nullptr, &st), "opening the session store " + dir);
+  return StorePtr(st);
+}
+
 kvrt_model_info model_info(const kvrt_model* model) {
   kvrt_model_info info{};
   info.struct_size = sizeof info;

@@ -100,9 +100,14 @@ struct SessionDeleter {
 using RuntimePtr = std::unique_ptr<kvrt_runtime, RuntimeDeleter>;
 using ModelPtr = std::unique_ptr<kvrt_model, ModelDeleter>;
 using SessionPtr = std::unique_ptr<kvrt_session, SessionDeleter>;
+struct StoreDeleter {
+  void operator()(kvrt_store* s) const { kvrt_store_close(s); }
+};
+using StorePtr = std::unique_ptr<kvrt_store, StoreDeleter>;
 
 RuntimePtr make_runtime(uint32_t n_threads, uint64_t kv_budget_bytes /*0: default*/);
 ModelPtr load_model(kvrt_runtime* runtime, const std::string& path);
+StorePtr open_store(const std::string& dir);  // creates the folder when missing
 kvrt_model_info model_info(const kvrt_model* model);
 
 // Monotonic clock in seconds.

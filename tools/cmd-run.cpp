@@ -42,6 +42,14 @@ void print_help() {
       "                      --temp, --top-k, --top-p or --seed is given; then the sampler is\n"
       "                      set anew from those, the saved values filling the others, and\n"
       "                      restarts from its seed\n"
+      "      --store DIR     after generating, save the session into the session store DIR\n"
+      "                      (a folder, created if missing) under --name; saving again\n"
+      "                      under a name writes only the KV blocks new since the last save\n"
+      "      --load-store DIR  continue the session saved in store DIR under --name, as --load\n"
+      "                      does for a file (with --store DIR too, the longer session is saved\n"
+      "                      back)\n"
+      "      --name NAME     the session's name in the store: A-Z a-z 0-9 . _ -, not starting\n"
+      "                      with '.'\n"
       "  -h, --help          this text\n");
 }
 
@@ -56,6 +64,7 @@ struct RunOptions {
   uint32_t n_ctx = 0;
   uint64_t budget_bytes = 0;
   std::string save_path, load_path;
+  std::string store_dir, load_store_dir, name;
   bool sampler_given = false, temp_given = false, top_k_given = false, top_p_given = false,
        seed_given = false;
   bool prompt_given = false, kv_given = false, ctx_given = false;
@@ -120,6 +129,12 @@ int cmd_run(int argc, char** argv) {
       o.save_path = a.value();
     } else if (a.is("--load")) {
       o.load_path = a.value();
+    } else if (a.is("--store")) {
+      o.store_dir = a.value();
+    } else if (a.is("--load-store")) {
+      o.load_store_dir = a.value();
+    } else if (a.is("--name")) {
+      o.name = a.value();
     } else if (a.is("--budget")) {
       o.budget_bytes = parse_size(opt, a.value());
       if (o.budget_bytes == 0) usage_error("--budget must be above 0");
@@ -134,17 +149,29 @@ int cmd_run(int argc, char** argv) {
   const kvrt_model_info info = model_info(model.get());
 
   o.sampler_given = o.temp_given || o.top_k_given || o.top_p_given || o.seed_given;
-  if (!o.load_path.empty()) {
+  const bool use_store = !o.store_dir.empty() || !o.load_store_dir.empty();
+  if (use_store && o.name.empty()) usage_error("--store and --load-store need --name");
+  if (!use_store && !o.name.empty()) usage_error("--name needs --store or --load-store");
+  if (!o.load_path.empty() && !o.load_store_dir.empty()) usage_error("--load and --load-store exclude each other");
+  if (!o.load_path.empty() || !o.load_store_dir.empty()) {
     if (o.prompt_given) usage_error("-p/--prompt cannot be used with --load: the saved session is continued");
     if (o.kv_given || o.ctx_given)
       usage_error("--kv and --ctx cannot be used with --load: the saved formats and context are kept");
   }
+  // One handle per store folder: a store is locked while it is open.
+  StorePtr save_store, load_store;
+  if (!o.load_store_dir.empty()) load_store = open_store(o.load_store_dir);
+  if (!o.store_dir.empty())
+    save_store = o.store_dir == o.load_store_dir ? StorePtr() : open_store(o.store_dir);
+  kvrt_store* save_to = save_store ? save_store.get() : (o.store_dir.empty() ? nullptr : load_store.get());
+  const std::string loaded_from =
+      o.load_store_dir.empty() ? o.load_path : o.load_store_dir + " (session " + o.name + ")";
 
   std::vector<float> logits(info.n_vocab);
   SessionPtr session;
   std::vector<int32_t> prompt;
   double prefill_s = 0;
-  if (o.load_path.empty()) {
+  if (loaded_from.empty()) {
     // Count, then tokenize the prompt with BOS first.
     size_t n_prompt = 0;
     check(kvrt_tokenize(model.get(), o.prompt.data(), o.prompt.size(), KVRT_TOKENIZE_ADD_BOS,
@@ -174,31 +201,46 @@ int cmd_run(int argc, char** argv) {
   } else {
     kvrt_session* raw = nullptr;
     const double t0 = now_seconds();
-    check(kvrt_session_load(model.get(), o.load_path.c_str(), nullptr, &raw), "loading the session " + o.load_path);
+    if (load_store)
+      check(kvrt_store_load(load_store.get(), model.get(), o.name.c_str(), nullptr, &raw),
+            "loading the session " + loaded_from);
+    else
+      check(kvrt_session_load(model.get(), o.load_path.c_str(), nullptr, &raw), "loading the session " + o.load_path);
     session.reset(raw);
     const double load_s = now_seconds() - t0;
     if (o.sampler_given) {
       // Options not given keep the saved values; the generator restarts from the seed.
-      kvrt_snapshot_info si{};
-      si.struct_size = sizeof si;
-      check(kvrt_snapshot_inspect(o.load_path.c_str(), nullptr, &si), "reading the sampler of " + o.load_path);
-      if (!o.temp_given) o.sampler.temperature = si.temperature;
-      if (!o.top_k_given) o.sampler.top_k = static_cast<uint32_t>(si.top_k);
-      if (!o.top_p_given) o.sampler.top_p = si.top_p;
-      if (!o.seed_given) o.sampler.seed = si.seed;
+      float temperature, top_p;
+      int32_t top_k;
+      uint64_t seed;
+      if (load_store) {
+        kvrt_store_entry_info ei{};
+        ei.struct_size = sizeof ei;
+        check(kvrt_store_inspect(load_store.get(), o.name.c_str(), nullptr, &ei), "reading the sampler of " + loaded_from);
+        temperature = ei.temperature, top_k = ei.top_k, top_p = ei.top_p, seed = ei.seed;
+      } else {
+        kvrt_snapshot_info si{};
+        si.struct_size = sizeof si;
+        check(kvrt_snapshot_inspect(o.load_path.c_str(), nullptr, &si), "reading the sampler of " + o.load_path);
+        temperature = si.temperature, top_k = si.top_k, top_p = si.top_p, seed = si.seed;
+      }
+      if (!o.temp_given) o.sampler.temperature = temperature;
+      if (!o.top_k_given) o.sampler.top_k = static_cast<uint32_t>(top_k);
+      if (!o.top_p_given) o.sampler.top_p = top_p;
+      if (!o.seed_given) o.sampler.seed = seed;
       check(kvrt_session_set_sampler(session.get(), &o.sampler), "setting the sampler");
     }
     // The snapshot holds no logits: step back one token and decode it again
     // (the same single-token step the saved run made, so the same logits).
     size_t n_saved = 0;
     check(kvrt_session_get_tokens(session.get(), nullptr, 0, &n_saved), "counting the saved tokens");
-    if (n_saved == 0) throw CliError(kExitFailure, o.load_path + ": the saved session holds no tokens");
+    if (n_saved == 0) throw CliError(kExitFailure, loaded_from + ": the saved session holds no tokens");
     prompt.resize(n_saved);
     check(kvrt_session_get_tokens(session.get(), prompt.data(), prompt.size(), &n_saved));
     const int32_t last = prompt.back();
     check(kvrt_session_rewind(session.get(), n_saved - 1), "stepping back one token");
     check(kvrt_decode_step(session.get(), &last, 1, logits.data(), logits.size()), "decoding the last saved token");
-    std::fprintf(stderr, "kvrt: loaded %zu tokens from %s in %.2f ms\n", n_saved, o.load_path.c_str(), load_s * 1e3);
+    std::fprintf(stderr, "kvrt: loaded %zu tokens from %s in %.2f ms\n", n_saved, loaded_from.c_str(), load_s * 1e3);
   }
 
   kvrt_session_stats stats{};
@@ -223,7 +265,7 @@ int cmd_run(int argc, char** argv) {
     std::fflush(stdout);
     ++n_generated;
     // The last token need not be fed back, unless the session is saved.
-    if (n_generated == o.n_predict && o.save_path.empty()) break;
+    if (n_generated == o.n_predict && o.save_path.empty() && !save_to) break;
     if (n_in_cache >= n_ctx) {
       stop_reason = "context full";
       break;
@@ -240,7 +282,7 @@ int cmd_run(int argc, char** argv) {
   std::fflush(stdout);
 
   check(kvrt_session_get_stats(session.get(), &stats));
-  if (o.load_path.empty())
+  if (loaded_from.empty())
     std::fprintf(stderr, "\nkvrt: prompt %zu tokens, prefill %.1f tokens/s (%.2f ms)\n",
                  prompt.size(), prefill_s > 0 ? prompt.size() / prefill_s : 0.0, prefill_s * 1e3);
   else
@@ -263,6 +305,20 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "kvrt: saved %u tokens to %s: %llu bytes (%s) in %.2f ms\n", si.n_tokens,
                  o.save_path.c_str(), static_cast<unsigned long long>(si.total_bytes),
                  format_bytes(si.total_bytes).c_str(), save_s * 1e3);
+  }
+  if (save_to) {
+    kvrt_store_save_stats ss{};
+    ss.struct_size = sizeof ss;
+    const double t0 = now_seconds();
+    check(kvrt_store_save(save_to, session.get(), o.name.c_str(), nullptr, &ss),
+          "saving the session to store " + o.store_dir + " as " + o.name);
+    const double save_s = now_seconds() - t0;
+    std::fprintf(stderr,
+                 "kvrt: saved %u tokens to store %s as %s: %u blocks (%u written, %u already stored), "
+                 "%llu bytes written (%s) in %.2f ms\n",
+                 stats.n_tokens, o.store_dir.c_str(), o.name.c_str(), ss.blocks_total, ss.blocks_written,
+                 ss.blocks_reused, static_cast<unsigned long long>(ss.pack_bytes_written + ss.manifest_bytes),
+                 format_bytes(ss.pack_bytes_written + ss.manifest_bytes).c_str(), save_s * 1e3);
   }
   return kExitOk;
 }

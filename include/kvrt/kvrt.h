@@ -112,6 +112,7 @@ typedef enum kvrt_status {
   KVRT_ERR_CONTEXT_FULL = 103,         /**< The tokens would not fit in the session's context. */
   KVRT_ERR_BUFFER_TOO_SMALL = 104,     /**< An output buffer is too small; the size needed is returned. */
   KVRT_ERR_ABORTED = 105,              /**< The call was stopped by kvrt_session_request_abort(). */
+  KVRT_ERR_NOT_FOUND = 106,            /**< A named item (a session in a store) does not exist. */
 
   KVRT_ERR_OUT_OF_MEMORY = 200,        /**< The KV budget or host memory is exhausted. */
   KVRT_ERR_IO = 201,                   /**< A file could not be opened, read or written. */
@@ -894,6 +895,244 @@ KVRT_API kvrt_status kvrt_snapshot_inspect(const char* path, const kvrt_model* m
 KVRT_API kvrt_status kvrt_snapshot_inspect_buffer(const void* buffer, size_t size,
                                                   const kvrt_model* model,
                                                   kvrt_snapshot_info* info);
+
+/* ---------------------------------------------------------------------------
+ * Session store
+ *
+ * A store is a folder holding many saved sessions. Their full KV blocks
+ * (which never change once full) go into one append-only pack, each stored
+ * once under a 128-bit hash of its bytes; each saved name is a small
+ * manifest listing its blocks plus its tokens, partial tail block and
+ * sampler state. Saving a session again under the same name writes only the
+ * blocks that are new since the last save, and sessions that share a prefix
+ * (the same system prompt, fed the same way) share its blocks. The layout is
+ * specified in docs/snapshot-format.md ("Session stores") with its own
+ * version number.
+ *
+ * Crash safety: new blocks are appended and synced before the manifest that
+ * names them is written to a temporary file and renamed into place, so a
+ * process killed mid-save leaves every name loadable as it was. One handle
+ * at a time may have a store open (an advisory lock on "<folder>/lock", held
+ * until kvrt_store_close()); a second open, in this or another process,
+ * fails with ::KVRT_ERR_IO. Removed names leave their blocks in the pack
+ * until kvrt_store_compact().
+ * ------------------------------------------------------------------------- */
+
+/** @brief An open session store (see kvrt_store_open()). */
+typedef struct kvrt_store kvrt_store;
+
+/**
+ * @brief Parameters of kvrt_store_open(). Initialize with
+ *        kvrt_store_default_params(); the library reads
+ *        min(struct_size, its own size) bytes.
+ */
+typedef struct kvrt_store_params {
+  uint32_t struct_size;  /**< sizeof(kvrt_store_params), set by the init function. */
+  uint32_t reserved0;    /**< Must be 0. */
+  uint64_t reserved1;    /**< Must be 0. */
+} kvrt_store_params;
+
+/**
+ * @brief What one kvrt_store_save() wrote. Set struct_size to
+ *        sizeof(kvrt_store_save_stats); the library fills
+ *        min(struct_size, its own size) bytes.
+ */
+typedef struct kvrt_store_save_stats {
+  uint32_t struct_size;         /**< Set by the caller to sizeof(kvrt_store_save_stats). */
+  uint32_t blocks_total;        /**< Full KV blocks of the session, all named by the manifest. */
+  uint32_t blocks_written;      /**< Of those, blocks appended to the pack by this save. */
+  uint32_t blocks_reused;       /**< Of those, blocks the store already held (or repeated in the session). */
+  uint64_t pack_bytes_written;  /**< Bytes appended to the pack. */
+  uint64_t manifest_bytes;      /**< Bytes of the new manifest (tokens, tail block, block list, header). */
+} kvrt_store_save_stats;
+
+/**
+ * @brief What kvrt_store_inspect() found about one saved name.
+ *
+ * Set struct_size to sizeof(kvrt_store_entry_info); the library fills
+ * min(struct_size, its own size) bytes.
+ */
+typedef struct kvrt_store_entry_info {
+  uint32_t struct_size;        /**< Set by the caller to sizeof(kvrt_store_entry_info). */
+  uint32_t n_tokens;           /**< Tokens of the saved session. */
+  uint32_t n_blocks;           /**< Full KV blocks it names in the pack. */
+  uint32_t kv_format_k;        /**< Key storage format, a ::kvrt_kv_format value. */
+  uint32_t kv_format_v;        /**< Value storage format. */
+  uint32_t n_ctx;              /**< The session's context length, tokens. */
+  uint64_t manifest_bytes;     /**< Bytes of its manifest file. */
+  uint64_t block_stored_bytes; /**< Bytes its blocks take in the pack (shared ones counted for each name). */
+  uint64_t block_raw_bytes;    /**< Uncompressed bytes of its blocks. */
+  float temperature;           /**< Saved sampler temperature (0: greedy). */
+  int32_t top_k;               /**< Saved sampler top-k (0: all). */
+  float top_p;                 /**< Saved sampler top-p. */
+  uint32_t block_tokens;       /**< Positions per KV block. */
+  uint64_t seed;               /**< Seed the saved sampler was configured with. */
+} kvrt_store_entry_info;
+
+/**
+ * @brief Fills @p params with the defaults and sets struct_size.
+ * @param params Out: the struct to fill; ignored when NULL.
+ * @note Any thread may call it.
+ */
+KVRT_API void kvrt_store_default_params(kvrt_store_params* params);
+
+/**
+ * @brief Opens a session store, creating the folder and its pack when
+ *        missing, and takes the store's lock.
+ *
+ * Opening reads the pack's record headers to index its blocks (not their
+ * data). A record cut short at the pack's end (a save killed mid-append,
+ * named by no manifest) is cut off; a bad record that a manifest may need is
+ * left in place and reported by the loads that read it.
+ *
+ * @param dir In: the folder (UTF-8, NUL-terminated). Not kept.
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @param out Out: the store, owned by the caller (kvrt_store_close()). Set
+ *            to NULL on error.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL or empty @p dir, NULL
+ *         @p out, a nonzero reserved field); ::KVRT_ERR_STRUCT_SIZE;
+ *         ::KVRT_ERR_IO (the folder cannot be created or read, or the store
+ *         is locked by another open handle); ::KVRT_ERR_CORRUPT (the pack's
+ *         header is damaged); ::KVRT_ERR_VERSION (a newer pack version);
+ *         ::KVRT_ERR_OUT_OF_MEMORY. On error nothing stays open or locked.
+ * @note Any thread may call it.
+ */
+KVRT_API kvrt_status kvrt_store_open(const char* dir, const kvrt_store_params* params,
+                                     kvrt_store** out);
+
+/**
+ * @brief Closes a store and releases its lock.
+ * @param store The store; NULL is ignored. Sessions loaded from it are
+ *              independent of it and stay valid.
+ * @note One thread, with no other call on the store running.
+ */
+KVRT_API void kvrt_store_close(kvrt_store* store);
+
+/**
+ * @brief Saves a session under @p name, replacing what the name held.
+ *
+ * Full blocks the store lacks are appended to the pack and synced; then the
+ * name's manifest is written to a temporary file and renamed into place.
+ * Readers see the old or the new session under @p name, never a mix.
+ *
+ * @param store In: the store.
+ * @param session In: the session; it is not changed.
+ * @param name In: 1 to 200 bytes of A-Z a-z 0-9 '.' '_' '-', not starting
+ *             with '.'. Not kept.
+ * @param params In: compression level, or NULL for the defaults. Not kept.
+ * @param stats Out: what was written, or NULL; struct_size set by the
+ *              caller. Left as it was on error.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL arguments, a bad
+ *         name, level or reserved field); ::KVRT_ERR_STRUCT_SIZE;
+ *         ::KVRT_ERR_IO (a write or sync failed; the message names the file
+ *         and the system's reason); ::KVRT_ERR_OUT_OF_MEMORY. On error the
+ *         session is unchanged and @p name holds what it held; blocks already
+ *         appended and synced stay in the pack, unnamed, for later saves.
+ * @note Any thread; calls on one store are serialized, and the session must
+ *       not be decoding meanwhile.
+ */
+KVRT_API kvrt_status kvrt_store_save(kvrt_store* store, kvrt_session* session, const char* name,
+                                     const kvrt_snapshot_params* params,
+                                     kvrt_store_save_stats* stats);
+
+/**
+ * @brief Loads the session saved under @p name.
+ *
+ * The manifest is verified whole (checksums, model fingerprint, shapes,
+ * version, sizes) before anything is allocated; each block read from the
+ * pack is verified (record checksums and the hash of its decoded bytes)
+ * before the session is returned. The session continues exactly as the
+ * saved one would have, as after kvrt_session_load().
+ *
+ * @param store In: the store.
+ * @param model In: the model the session was saved with; the new session
+ *              keeps a reference to it.
+ * @param name In: a saved name. Not kept.
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @param out Out: the new session, owned by the caller. Set to NULL on error.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL arguments, a bad name
+ *         or reserved field); ::KVRT_ERR_STRUCT_SIZE; ::KVRT_ERR_NOT_FOUND
+ *         (no such name); ::KVRT_ERR_IO; ::KVRT_ERR_CORRUPT (the manifest or a
+ *         block it names is damaged, truncated or missing from the pack; the
+ *         message names the block, its key and its pack offset);
+ *         ::KVRT_ERR_VERSION; ::KVRT_ERR_MODEL_MISMATCH; ::KVRT_ERR_UNSUPPORTED;
+ *         ::KVRT_ERR_OUT_OF_MEMORY, all as kvrt_session_load(). On error
+ *         nothing stays allocated.
+ * @note Any thread; calls on one store are serialized.
+ */
+KVRT_API kvrt_status kvrt_store_load(kvrt_store* store, kvrt_model* model, const char* name,
+                                     const kvrt_snapshot_params* params, kvrt_session** out);
+
+/**
+ * @brief Removes a saved name. Its blocks stay in the pack (shared ones are
+ *        still used by other names) until kvrt_store_compact().
+ * @param store In: the store.
+ * @param name In: a saved name. Not kept.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL arguments, a bad
+ *         name); ::KVRT_ERR_NOT_FOUND (no such name); ::KVRT_ERR_IO. On error
+ *         the store is unchanged.
+ * @note Any thread; calls on one store are serialized.
+ */
+KVRT_API kvrt_status kvrt_store_remove(kvrt_store* store, const char* name);
+
+/**
+ * @brief Rewrites the pack with only the blocks that saved names use,
+ *        dropping those of removed names and of saves that never finished.
+ *
+ * The new pack is written to a temporary file, synced and renamed over the
+ * old one, so a crash leaves the old pack or the new one, and every name
+ * loads either way. Manifests are not rewritten: their blocks are found by
+ * key in the new pack. It reads every manifest and copies every block it
+ * keeps (checking each record's checksums), so it takes about as long as
+ * reading the store once.
+ *
+ * @param store In: the store.
+ * @param bytes_freed Out: bytes the pack shrank by, or NULL.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL @p store);
+ *         ::KVRT_ERR_CORRUPT (a manifest cannot be read, or a block a name
+ *         uses is damaged or missing; nothing is compacted then and the
+ *         message names it); ::KVRT_ERR_IO; ::KVRT_ERR_OUT_OF_MEMORY. On
+ *         error the store is as it was, unless the new pack was already in
+ *         place and could not be reopened (::KVRT_ERR_IO): then every later
+ *         call on the handle fails and the store must be reopened.
+ * @note Any thread; calls on one store are serialized.
+ */
+KVRT_API kvrt_status kvrt_store_compact(kvrt_store* store, uint64_t* bytes_freed);
+
+/**
+ * @brief Lists the saved names, sorted, each followed by a NUL byte.
+ *
+ * @param store In: the store.
+ * @param buffer Out: room for @p capacity bytes, or NULL with @p capacity 0
+ *               (a size query).
+ * @param capacity In: bytes of room in @p buffer.
+ * @param size Out: bytes of the list (names and their NULs); 0 when the store
+ *             is empty.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL @p store or @p size,
+ *         NULL @p buffer with a nonzero @p capacity);
+ *         ::KVRT_ERR_BUFFER_TOO_SMALL (@p size holds the bytes needed; the
+ *         buffer is unchanged); ::KVRT_ERR_IO.
+ * @note Any thread; calls on one store are serialized.
+ */
+KVRT_API kvrt_status kvrt_store_list(kvrt_store* store, char* buffer, size_t capacity, size_t* size);
+
+/**
+ * @brief Verifies a saved name without building a session: its manifest
+ *        and every block it names (record checksums, decoding, block hash).
+ *
+ * @param store In: the store.
+ * @param name In: a saved name. Not kept.
+ * @param model In: the model to check against (fingerprint, shapes, the
+ *              runtime's block_tokens), or NULL for none. Not kept.
+ * @param info In/out: struct_size set by the caller; zeroed up to it, filled
+ *             on success.
+ * @return As kvrt_store_load(), without ::KVRT_ERR_MODEL_MISMATCH and
+ *         ::KVRT_ERR_UNSUPPORTED when @p model is NULL. Nothing stays
+ *         allocated after the call.
+ * @note Any thread; calls on one store are serialized.
+ */
+KVRT_API kvrt_status kvrt_store_inspect(kvrt_store* store, const char* name, const kvrt_model* model,
+                                        kvrt_store_entry_info* info);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -13,6 +13,7 @@
 #include "kvrt/kvrt.h"
 #include "snapshot/snapshot-format.hpp"
 #include "snapshot/snapshot-io.hpp"
+#include "snapshot/store.hpp"
 #include "util/error.hpp"
 
 struct kvrt_runtime {
@@ -23,6 +24,9 @@ struct kvrt_model {
 };
 struct kvrt_session {
   std::unique_ptr<kvrt::Session> s;
+};
+struct kvrt_store {
+  std::unique_ptr<kvrt::snap::Store> st;
 };
 
 namespace {
@@ -136,6 +140,7 @@ KVRT_API const char* kvrt_status_string(kvrt_status status) {
     case KVRT_ERR_CONTEXT_FULL: return "context full";
     case KVRT_ERR_BUFFER_TOO_SMALL: return "buffer too small";
     case KVRT_ERR_ABORTED: return "aborted";
+    case KVRT_ERR_NOT_FOUND: return "not found";
     case KVRT_ERR_OUT_OF_MEMORY: return "out of memory";
     case KVRT_ERR_IO: return "i/o error";
     case KVRT_ERR_CORRUPT: return "corrupt data";
@@ -612,6 +617,128 @@ KVRT_API kvrt_status kvrt_snapshot_inspect_buffer(const void* buffer, size_t siz
         kvrt::fail(KVRT_ERR_CORRUPT, "snapshot buffer: %zu bytes follow the snapshot's end record",
                    src.remaining());
     });
+  });
+}
+
+/* ---- session store ------------------------------------------------------ */
+
+KVRT_API void kvrt_store_default_params(kvrt_store_params* p) {
+  if (!p) return;
+  std::memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+}
+
+KVRT_API kvrt_status kvrt_store_open(const char* dir, const kvrt_store_params* params, kvrt_store** out) {
+  if (out) *out = nullptr;
+  return guard(__func__, [&] {
+    require(dir, "dir");
+    require(out, "out");
+    kvrt_store_params p = read_params(params, kvrt_store_default_params, "params");
+    if (p.reserved0 != 0 || p.reserved1 != 0)
+      kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "params->reserved0 and reserved1 must be 0");
+    auto h = std::make_unique<kvrt_store>();
+    h->st = kvrt::snap::Store::open(dir);
+    *out = h.release();
+  });
+}
+
+KVRT_API void kvrt_store_close(kvrt_store* store) { delete store; }
+
+KVRT_API kvrt_status kvrt_store_save(kvrt_store* store, kvrt_session* session, const char* name,
+                                     const kvrt_snapshot_params* params, kvrt_store_save_stats* stats) {
+  return guard(__func__, [&] {
+    require(store, "store");
+    require(session, "session");
+    kvrt::snap::check_store_name(name);
+    if (stats) out_size(stats, "stats");
+    kvrt::snap::WriteOptions o = snapshot_write_options(params);
+    kvrt::snap::StoreSaveStats st;
+    store->st->save(*session->s, name, o, &st);
+    if (stats) {
+      kvrt_store_save_stats full{};
+      full.struct_size = stats->struct_size;
+      full.blocks_total = st.blocks_total;
+      full.blocks_written = st.blocks_written;
+      full.blocks_reused = st.blocks_reused;
+      full.pack_bytes_written = st.pack_bytes;
+      full.manifest_bytes = st.manifest_bytes;
+      std::memcpy(stats, &full, sizeof full);
+    }
+  });
+}
+
+KVRT_API kvrt_status kvrt_store_load(kvrt_store* store, kvrt_model* model, const char* name,
+                                     const kvrt_snapshot_params* params, kvrt_session** out) {
+  if (out) *out = nullptr;
+  return guard(__func__, [&] {
+    require(store, "store");
+    require(model, "model");
+    kvrt::snap::check_store_name(name);
+    require(out, "out");
+    snapshot_check_load_params(params);
+    snapshot_wrap(store->st->load(model->m, name), out);
+  });
+}
+
+KVRT_API kvrt_status kvrt_store_remove(kvrt_store* store, const char* name) {
+  return guard(__func__, [&] {
+    require(store, "store");
+    kvrt::snap::check_store_name(name);
+    store->st->remove(name);
+  });
+}
+
+KVRT_API kvrt_status kvrt_store_compact(kvrt_store* store, uint64_t* bytes_freed) {
+  return guard(__func__, [&] {
+    require(store, "store");
+    const uint64_t freed = store->st->compact();
+    if (bytes_freed) *bytes_freed = freed;
+  });
+}
+
+KVRT_API kvrt_status kvrt_store_list(kvrt_store* store, char* buffer, size_t capacity, size_t* size) {
+  return guard(__func__, [&] {
+    require(store, "store");
+    require(size, "size");
+    if (!buffer && capacity)
+      kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "buffer is NULL but capacity = %zu", capacity);
+    std::string all;
+    for (const std::string& n : store->st->names()) {
+      all += n;
+      all += '\0';
+    }
+    *size = all.size();
+    if (all.size() > capacity && buffer)
+      kvrt::fail(KVRT_ERR_BUFFER_TOO_SMALL, "the list takes %zu bytes; the buffer holds %zu", all.size(),
+                 capacity);
+    if (buffer && !all.empty()) std::memcpy(buffer, all.data(), all.size());
+  });
+}
+
+KVRT_API kvrt_status kvrt_store_inspect(kvrt_store* store, const char* name, const kvrt_model* model,
+                                        kvrt_store_entry_info* info) {
+  return guard(__func__, [&] {
+    require(store, "store");
+    kvrt::snap::check_store_name(name);
+    const size_t n = out_size(info, "info");
+    const uint32_t keep = info->struct_size;
+    std::memset(info, 0, n);
+    info->struct_size = keep;
+    kvrt::snap::StoreEntryInfo e;
+    store->st->inspect(name, model ? model->m.get() : nullptr, &e);
+    info->n_tokens = e.n_tokens;
+    info->n_blocks = e.n_blocks;
+    info->kv_format_k = e.k_format;
+    info->kv_format_v = e.v_format;
+    info->manifest_bytes = e.manifest_bytes;
+    info->block_stored_bytes = e.block_record_bytes;
+    info->block_raw_bytes = e.block_raw_bytes;
+    info->n_ctx = e.n_ctx;
+    info->block_tokens = e.block_tokens;
+    info->temperature = e.sampler.temperature;
+    info->top_k = static_cast<int32_t>(e.sampler.top_k);
+    info->top_p = e.sampler.top_p;
+    info->seed = e.sampler.seed;
   });
 }
 

@@ -151,5 +151,36 @@ void inspect_snapshot(const LoadedModel* model, Source& in, const char* source_n
 std::unique_ptr<Session> read_snapshot(std::shared_ptr<const LoadedModel> model, Source& in,
                                        const char* source_name);
 
+// The header's fields as stored (snapshots and store manifests share the
+// header body); check_header_fields() validates them.
+struct Header {
+  uint32_t version = 0, required = 0, optional = 0, hbytes = 0;
+  uint64_t fp_lo = 0, fp_hi = 0;
+  uint32_t n_layer = 0, n_head_kv = 0, head_dim = 0, n_vocab = 0, bt = 0, kf = 0, vf = 0;
+  uint32_t n_ctx = 0, n_tokens = 0, max_batch = 0;
+  uint64_t block_bytes = 0;
+  SamplerConfig sc;
+  uint64_t rng[4] = {};
+  uint32_t reserved0 = 0, reserved1 = 0, window_kind = 0, window_sink = 0, window_tokens = 0;
+  // Derived by check_header().
+  kvrt_k::KvLayout lay{};        // the cache's blocks
+  kvrt_k::KvLayout stage_lay{};  // the f16 tail stage of a quantized cache
+  bool staged = false;           // kFlagStage: quantized cache, stage section present
+  uint32_t n_kv_blocks = 0;      // blocks in the KV section
+};
+
+// Builds the preamble and the version-1 header body of session `s` (the
+// layout above) into `head` (kPreambleBytes + kHeaderBytesV1 bytes), with
+// the given magic and version; the store's manifests share the header body.
+void encode_header(Session& s, const char (&magic)[8], uint32_t version, uint8_t* head);
+
+// Reads the preamble and header body from `in` (the magic must be `magic`,
+// the version 1..max_version) and checks the header checksum; sets
+// *bytes_read. check_header_fields() then validates the fields as a
+// snapshot load does (with `model`) or bounds them (without).
+Header read_header_with_magic(Source& in, const char* name, const char (&magic)[8], uint32_t max_version,
+                              uint64_t* bytes_read);
+void check_header_fields(Header& H, const LoadedModel* model, const char* name);
+
 }  // namespace snap
 }  // namespace kvrt

@@ -46,7 +46,7 @@ class Reader {
       size_t k = in_.read(p + got, n - got);
       if (k == 0) {
         if (off_ + got == 0)
-          fail(KVRT_ERR_CORRUPT, "%s: empty: no snapshot data at all", name_);
+          fail(KVRT_ERR_CORRUPT, "%s: empty: no data at all", name_);
         fail(KVRT_ERR_CORRUPT, "%s: truncated: %s needs %zu bytes at offset %" PRIu64 ", the data ends after %zu",
              name_, what, n, off_, got);
       }
@@ -196,35 +196,20 @@ const char* format_name(uint32_t f) {
 // f32 is 256 MiB).
 constexpr size_t kMaxBlockBytesUnchecked = size_t(1) << 30;
 
-// The header's fields as stored; check_header() validates them.
-struct Header {
-  uint32_t version = 0, required = 0, optional = 0, hbytes = 0;
-  uint64_t fp_lo = 0, fp_hi = 0;
-  uint32_t n_layer = 0, n_head_kv = 0, head_dim = 0, n_vocab = 0, bt = 0, kf = 0, vf = 0;
-  uint32_t n_ctx = 0, n_tokens = 0, max_batch = 0;
-  uint64_t block_bytes = 0;
-  SamplerConfig sc;
-  uint64_t rng[4] = {};
-  uint32_t reserved0 = 0, reserved1 = 0, window_kind = 0, window_sink = 0, window_tokens = 0;
-  // Derived by check_header().
-  kvrt_k::KvLayout lay{};        // the cache's blocks
-  kvrt_k::KvLayout stage_lay{};  // the f16 tail stage of a quantized cache
-  bool staged = false;           // kFlagStage: quantized cache, stage section present
-  uint32_t n_kv_blocks = 0;      // blocks in the KV section
-};
-
 // Preamble and header body, through the header checksum.
-Header read_header(Reader& r, const char* name) {
+Header read_header(Reader& r, const char* name, const char (&magic)[8] = kMagic,
+                   uint32_t max_version = kFormatVersion) {
   uint8_t pre[kPreambleBytes];
   r.read_exact(pre, sizeof pre, "the preamble");
-  if (std::memcmp(pre, kMagic, 8) != 0)
-    fail(KVRT_ERR_CORRUPT, "%s: not a kvrt snapshot (the first 8 bytes are not \"KVRTSNAP\")", name);
+  if (std::memcmp(pre, magic, 8) != 0)
+    fail(KVRT_ERR_CORRUPT, "%s: not a kvrt %s (the first 8 bytes are not \"%.8s\")", name,
+         std::memcmp(magic, kMagic, 8) == 0 ? "snapshot" : "store manifest", magic);
   Header H;
   H.version = get_u32(pre + 8);
   if (H.version == 0) fail(KVRT_ERR_CORRUPT, "%s: format version 0 does not exist", name);
-  if (H.version > kFormatVersion)
-    fail(KVRT_ERR_VERSION, "%s: snapshot format version %u; this library reads versions up to %u", name,
-         H.version, kFormatVersion);
+  if (H.version > max_version)
+    fail(KVRT_ERR_VERSION, "%s: format version %u; this library reads versions up to %u", name, H.version,
+         max_version);
   H.required = get_u32(pre + 12);
   if (H.required & ~kKnownRequiredFlags)
     fail(KVRT_ERR_VERSION, "%s: snapshot needs features 0x%08x that this library does not know", name,
@@ -436,6 +421,16 @@ void read_end(Reader& r, const char* name) {
 }
 
 }  // namespace
+
+Header read_header_with_magic(Source& in, const char* name, const char (&magic)[8], uint32_t max_version,
+                              uint64_t* bytes_read) {
+  Reader r(in, name);
+  Header H = read_header(r, name, magic, max_version);
+  *bytes_read = r.offset();
+  return H;
+}
+
+void check_header_fields(Header& H, const LoadedModel* model, const char* name) { check_header(H, model, name); }
 
 std::unique_ptr<Session> read_snapshot(std::shared_ptr<const LoadedModel> model, Source& src,
                                        const char* name) {

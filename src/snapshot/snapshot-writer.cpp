@@ -116,28 +116,18 @@ class CountingSink final : public Sink {
 
 }  // namespace
 
-void write_snapshot(Session& s, Sink& sink, const WriteOptions& opt) {
-  if (opt.level < ZSTD_minCLevel() || opt.level > ZSTD_maxCLevel())
-    fail(KVRT_ERR_INVALID_ARGUMENT, "compression_level = %d is outside zstd's range %d..%d", opt.level,
-         ZSTD_minCLevel(), ZSTD_maxCLevel());
-  CountingSink out(sink);
+void encode_header(Session& s, const char (&magic)[8], uint32_t version, uint8_t* head) {
   const Model& m = s.model();
   const HParams& hp = m.hparams();
   const KvCache& kv = s.kv();
   const kvrt_k::KvLayout& lay = kv.layout();
   const SamplerConfig& sc = s.sampler().config();
   const uint64_t* rng = s.sampler().rng_state();
-  const uint32_t n_tokens = kv.n_tokens();
   const ModelFingerprint fp = m.fingerprint();
-  // A quantized cache keeps its unfinished block in an f16 stage: the KV
-  // section then holds only the full blocks, and a stage section follows.
   const bool staged = s.kv_quantized();
-  if (staged != kvrt_k::kv_is_quant(lay.v_format))
-    fail(KVRT_ERR_INTERNAL, "KV formats %u/%u: one side quantized", lay.k_format, lay.v_format);
-
-  uint8_t head[kPreambleBytes + kHeaderBytesV1] = {};
-  std::memcpy(head, kMagic, 8);
-  put_u32(head + 8, kFormatVersion);
+  std::memset(head, 0, kPreambleBytes + kHeaderBytesV1);
+  std::memcpy(head, magic, 8);
+  put_u32(head + 8, version);
   put_u32(head + 12, staged ? kFlagStage : 0);  // required flags
   put_u32(head + 16, 0);  // optional flags
   put_u32(head + 20, static_cast<uint32_t>(kHeaderBytesV1));
@@ -152,7 +142,7 @@ void write_snapshot(Session& s, Sink& sink, const WriteOptions& opt) {
   put_u32(h + kHdrKFormat, lay.k_format);
   put_u32(h + kHdrVFormat, lay.v_format);
   put_u32(h + kHdrNCtx, kv.n_ctx());
-  put_u32(h + kHdrNTokens, n_tokens);
+  put_u32(h + kHdrNTokens, kv.n_tokens());
   put_u32(h + kHdrMaxBatch, s.config().max_batch);
   put_u64(h + kHdrBlockBytes, lay.block_bytes);
   std::memcpy(h + kHdrTemperature, &sc.temperature, 4);
@@ -162,6 +152,24 @@ void write_snapshot(Session& s, Sink& sink, const WriteOptions& opt) {
   for (int i = 0; i < 4; ++i) put_u64(h + kHdrRng + 8 * i, rng[i]);
   // Window state: none yet (kind 0, counts 0), left zero.
   put_u64(h + kHdrChecksum, hash64(head, kPreambleBytes + kHdrChecksum, 0));
+}
+
+void write_snapshot(Session& s, Sink& sink, const WriteOptions& opt) {
+  if (opt.level < ZSTD_minCLevel() || opt.level > ZSTD_maxCLevel())
+    fail(KVRT_ERR_INVALID_ARGUMENT, "compression_level = %d is outside zstd's range %d..%d", opt.level,
+         ZSTD_minCLevel(), ZSTD_maxCLevel());
+  CountingSink out(sink);
+  const KvCache& kv = s.kv();
+  const kvrt_k::KvLayout& lay = kv.layout();
+  const uint32_t n_tokens = kv.n_tokens();
+  // A quantized cache keeps its unfinished block in an f16 stage: the KV
+  // section then holds only the full blocks, and a stage section follows.
+  const bool staged = s.kv_quantized();
+  if (staged != kvrt_k::kv_is_quant(lay.v_format))
+    fail(KVRT_ERR_INTERNAL, "KV formats %u/%u: one side quantized", lay.k_format, lay.v_format);
+
+  uint8_t head[kPreambleBytes + kHeaderBytesV1];
+  encode_header(s, kMagic, kFormatVersion, head);
   out.write(head, sizeof head);
 
   std::unique_ptr<ZSTD_CCtx, CctxFree> cctx(ZSTD_createCCtx());

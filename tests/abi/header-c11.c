@@ -47,6 +47,19 @@ _Static_assert(sizeof(kvrt_runtime_stats) == 40, "kvrt_runtime_stats layout");
 _Static_assert(offsetof(kvrt_runtime_stats, n_blocks_used) == 32, "kvrt_runtime_stats layout");
 _Static_assert(sizeof(kvrt_snapshot_params) == 16, "kvrt_snapshot_params layout");
 _Static_assert(offsetof(kvrt_snapshot_params, compression_level) == 4, "kvrt_snapshot_params layout");
+_Static_assert(offsetof(kvrt_store_params, struct_size) == 0, "struct_size first");
+_Static_assert(offsetof(kvrt_store_save_stats, struct_size) == 0, "struct_size first");
+_Static_assert(offsetof(kvrt_store_entry_info, struct_size) == 0, "struct_size first");
+_Static_assert(sizeof(kvrt_store_params) == 16, "kvrt_store_params layout");
+_Static_assert(offsetof(kvrt_store_params, reserved1) == 8, "kvrt_store_params layout");
+_Static_assert(sizeof(kvrt_store_save_stats) == 32, "kvrt_store_save_stats layout");
+_Static_assert(offsetof(kvrt_store_save_stats, pack_bytes_written) == 16, "kvrt_store_save_stats layout");
+_Static_assert(offsetof(kvrt_store_save_stats, manifest_bytes) == 24, "kvrt_store_save_stats layout");
+_Static_assert(sizeof(kvrt_store_entry_info) == 72, "kvrt_store_entry_info layout");
+_Static_assert(offsetof(kvrt_store_entry_info, temperature) == 48, "kvrt_store_entry_info layout");
+_Static_assert(offsetof(kvrt_store_entry_info, seed) == 64, "kvrt_store_entry_info layout");
+_Static_assert(offsetof(kvrt_store_entry_info, manifest_bytes) == 24, "kvrt_store_entry_info layout");
+_Static_assert(offsetof(kvrt_store_entry_info, block_raw_bytes) == 40, "kvrt_store_entry_info layout");
 _Static_assert(KVRT_TOKENIZE_ADD_BOS == 1u, "flag value");
 
 int main(void) {

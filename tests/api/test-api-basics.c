@@ -34,6 +34,7 @@ static const kvrt_status k_all_statuses[] = {
     KVRT_ERR_CONTEXT_FULL,
     KVRT_ERR_BUFFER_TOO_SMALL,
     KVRT_ERR_ABORTED,
+    KVRT_ERR_NOT_FOUND,
     KVRT_ERR_OUT_OF_MEMORY,
     KVRT_ERR_IO,
     KVRT_ERR_CORRUPT,
@@ -56,6 +57,7 @@ static void test_status_values_are_stable(void** state) {
   assert_int_equal(KVRT_ERR_CONTEXT_FULL, 103);
   assert_int_equal(KVRT_ERR_BUFFER_TOO_SMALL, 104);
   assert_int_equal(KVRT_ERR_ABORTED, 105);
+  assert_int_equal(KVRT_ERR_NOT_FOUND, 106);
   assert_int_equal(KVRT_ERR_OUT_OF_MEMORY, 200);
   assert_int_equal(KVRT_ERR_IO, 201);
   assert_int_equal(KVRT_ERR_CORRUPT, 300);
@@ -89,7 +91,7 @@ static void test_status_strings(void** state) {
   }
   /* Unknown values still give text, and not the text of a real status. */
   {
-    const int unknown_values[] = {1, 99, 106, 199, 299, 999, 12345, -1};
+    const int unknown_values[] = {1, 99, 107, 199, 299, 999, 12345, -1};
     for (i = 0; i < sizeof unknown_values / sizeof unknown_values[0]; ++i) {
       unknown = kvrt_status_string((kvrt_status)unknown_values[i]);
       assert_non_null(unknown);

@@ -1,6 +1,9 @@
 // Benchmark (not a test): snapshot save and load throughput, compression
 // ratio, and resuming a long session from a snapshot against recomputing
-// its prompt, for f16, q8 and q4 caches, through the public API only.
+// its prompt, for f16, q8 and q4 caches; then, for f16 and q8, session
+// stores: a full save into an empty store against a snapshot file, an
+// incremental save after 16 more tokens, and loading a name saved many
+// times against loading one file. Public API only.
 // Build: c++ -O2 -std=c++20 -Iinclude tests/unit/bench-snapshot.cpp BUILD/src/libkvrt.a
 //        -lzstd -lpthread -o bench-snapshot
 // Run:   bench-snapshot MODEL [TOKENS [REPEATS [THREADS [DIR]]]]
@@ -8,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -28,6 +32,61 @@ void check(kvrt_status st, const char* what) {
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+// Full save into an empty store (each repeat in a fresh folder); then the
+// name saved again after each 16 more tokens (timed); then the name, saved
+// 1 + repeats times, loaded, against a snapshot file of the same session.
+std::string bench_store(kvrt_model* model, kvrt_session* s, const char* name, double raw, double snap_bytes,
+                        double file_save_s, const std::vector<int32_t>& toks, int repeats,
+                        const std::string& dir, const std::string& path) {
+  (void)snap_bytes;
+  std::vector<double> full_t, inc_t, chain_t, file_t;
+  std::vector<double> inc_bytes;
+  uint64_t full_bytes = 0;
+  uint32_t inc_blocks = 0;
+  kvrt_store* st = nullptr;
+  for (int r = 0; r < repeats; ++r) {
+    kvrt_store_close(st);
+    st = nullptr;
+    std::filesystem::remove_all(dir);
+    check(kvrt_store_open(dir.c_str(), nullptr, &st), "store open");
+    kvrt_store_save_stats ss{};
+    ss.struct_size = sizeof ss;
+    const double a = now_s();
+    check(kvrt_store_save(st, s, "bench", nullptr, &ss), "store save");
+    full_t.push_back(now_s() - a);
+    full_bytes = ss.pack_bytes_written + ss.manifest_bytes;
+  }
+  for (int r = 0; r < repeats; ++r) {
+    // 16 more tokens (from the same pseudo-random sequence), then save.
+    check(kvrt_decode_step(s, toks.data() + 16 * r, 16, nullptr, 0), "16 more tokens");
+    kvrt_store_save_stats ss{};
+    ss.struct_size = sizeof ss;
+    const double a = now_s();
+    check(kvrt_store_save(st, s, "bench", nullptr, &ss), "incremental save");
+    inc_t.push_back(now_s() - a);
+    inc_bytes.push_back(double(ss.pack_bytes_written + ss.manifest_bytes));
+    inc_blocks = ss.blocks_written;
+  }
+  check(kvrt_session_save(s, path.c_str(), nullptr), "file save");
+  for (int r = 0; r < repeats; ++r) {
+    kvrt_session* l = nullptr;
+    double a = now_s();
+    check(kvrt_store_load(st, model, "bench", nullptr, &l), "chain load");
+    chain_t.push_back(now_s() - a);
+    kvrt_session_destroy(l);
+    a = now_s();
+    check(kvrt_session_load(model, path.c_str(), nullptr, &l), "file load");
+    file_t.push_back(now_s() - a);
+    kvrt_session_destroy(l);
+  }
+  kvrt_store_close(st);
+  char row[512];
+  std::snprintf(row, sizeof row, "| %s | %.1f | %.1f | %.2f | %.0f | %.1f | %.0f | %u | %.1f | %.1f |\n", name,
+                file_save_s * 1e3, median(full_t) * 1e3, double(full_bytes) / 1e6, raw / 1e6 / median(full_t),
+                median(inc_t) * 1e3, median(inc_bytes), inc_blocks, median(file_t) * 1e3, median(chain_t) * 1e3);
+  return row;
 }
 
 }  // namespace
@@ -60,6 +119,8 @@ int main(int argc, char** argv) {
   }
   std::vector<float> logits(mi.n_vocab);
   const std::string path = dir + "/bench-snapshot.kvs";
+  const std::string store_dir = dir + "/bench-snapshot-store";
+  std::vector<std::string> store_rows;
   std::printf("%u tokens, %d repeats (medians), %u threads, zstd level 3\n", n_tokens, repeats, threads);
   std::printf("| cache | raw KV MB | snapshot MB | ratio | save MB/s | load MB/s | file save ms | file load ms | prefill ms | prefill / load |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
@@ -72,7 +133,7 @@ int main(int argc, char** argv) {
     kvrt_session_default_params(&sp);
     sp.kv_format_k = formats[f][0];
     sp.kv_format_v = formats[f][1];
-    sp.n_ctx = n_tokens;
+    sp.n_ctx = n_tokens + 16 * uint32_t(repeats + 1);  // room for the incremental saves
     sp.max_batch = 64;
     kvrt_session* s = nullptr;
     check(kvrt_session_create(model, &sp, &s), "session");
@@ -111,9 +172,17 @@ int main(int argc, char** argv) {
                 raw / 1e6 / median(load_t), median(fsave_t) * 1e3, median(fload_t) * 1e3, prefill_s * 1e3,
                 prefill_s / median(fload_t));
     std::fflush(stdout);
+    if (f < 2) store_rows.push_back(bench_store(model, s, names[f], raw, double(si.total_bytes), median(fsave_t),
+                                                toks, repeats, store_dir, path));
     kvrt_session_destroy(s);
   }
+  std::printf("\nSession store (%u tokens, then saves after 16 more tokens each, medians of %d)\n", n_tokens, repeats);
+  std::printf("| cache | file save ms | store full save ms | store full MB | store save MB/s | incremental save ms "
+              "| incremental bytes | blocks written | file load ms | chain load ms |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const std::string& r : store_rows) std::printf("%s", r.c_str());
   std::remove(path.c_str());
+  std::filesystem::remove_all(store_dir);
   kvrt_model_destroy(model);
   kvrt_runtime_destroy(rt);
   return 0;

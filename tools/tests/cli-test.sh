@@ -243,6 +243,64 @@ p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[len(b) // 2] ^= 0x40; op
     expect_rc 2 "inspect without a file"
     ;;
 
+  store)
+    # Save into a store after 32 tokens, continue from it for 16 and save
+    # back under the same name (only the new blocks are written), continue
+    # for 16 more: the three texts joined are one uninterrupted 64-token run.
+    p="Once upon a time"
+    st="$work/store"
+    for opts in "--temp 0" "--temp 0 --kv q8" "--temp 0.8 --seed 7"; do
+      rm -rf "$st"
+      # shellcheck disable=SC2086
+      run run -m "$model" -p "$p" -n 64 $opts -t 1
+      expect_rc 0 "run -n 64 $opts"
+      cp "$out" "$work/full.txt"
+      # shellcheck disable=SC2086
+      run run -m "$model" -p "$p" -n 32 $opts -t 1 --store "$st" --name story
+      expect_rc 0 "run -n 32 $opts --store"
+      grep -q "saved 37 tokens to store .* as story: 2 blocks (2 written, 0 already stored)" "$err" ||
+        fail "stderr does not report 37 tokens in 2 new blocks"
+      cp "$out" "$work/part1.txt"
+      run run -m "$model" --load-store "$st" --store "$st" --name story -n 16 -t 1
+      expect_rc 0 "run --load-store --store ($opts)"
+      grep -q "saved 53 tokens to store .* as story: 3 blocks (1 written, 2 already stored)" "$err" ||
+        fail "the second save does not write just the one new block"
+      cp "$out" "$work/part2.txt"
+      run run -m "$model" --load-store "$st" --name story -n 16 -t 1
+      expect_rc 0 "run --load-store ($opts)"
+      cat "$work/part1.txt" "$work/part2.txt" "$out" >"$work/joined.txt"
+      cmp -s "$work/full.txt" "$work/joined.txt" || fail "store save + load ($opts) differs from one run"
+    done
+    # Inspection of the store folder: names, tokens, blocks, verified.
+    run run -m "$model" -p "Once upon a time there" -n 8 -t 1 --store "$st" --name other
+    expect_rc 0 "run --store (second name)"
+    run inspect "$st" -m "$model"
+    expect_rc 0 "inspect store"
+    grep -qE "^  story +53 +3 +f16" "$out" || fail "inspect does not list story with 53 tokens in 3 blocks"
+    grep -qE "^  other +" "$out" || fail "inspect does not list other"
+    grep -q "all verified; made with this model" "$out" || fail "inspect does not confirm the store"
+    python3 -c '
+import sys
+p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[200] ^= 0x40; open(p, "wb").write(b)
+' "$st/blocks.kvp" || fail "cannot corrupt the pack"
+    run inspect "$st"
+    expect_rc 1 "inspect of a damaged store"
+    grep -q "corrupt data: .*block 0" "$out" || fail "inspect does not name the damaged block"
+    # Bad uses: a name without a store, a store without a name, a bad name,
+    # a missing name.
+    run run -m "$model" -p "$p" -n 4 --name x
+    expect_rc 2 "run --name without a store"
+    run run -m "$model" -p "$p" -n 4 --store "$st"
+    expect_rc 2 "run --store without --name"
+    run run -m "$model" -p "$p" -n 4 --store "$st" --name ../escape
+    expect_rc 1 "run --store with a bad name"
+    grep -q "invalid argument" "$err" || fail "a bad name is not refused as an invalid argument"
+    [ ! -e "$work/escape.kvm" ] || fail "a name escaped the store folder"
+    run run -m "$model" --load-store "$st" --name nobody -n 4
+    expect_rc 1 "run --load-store with a missing name"
+    grep -q "nobody" "$err" || fail "the error does not name the missing session"
+    ;;
+
   *)
     echo "unknown case $case_name" >&2
     exit 2
