@@ -1,6 +1,8 @@
 // Benchmark (not a test): snapshot save and load throughput, compression
 // ratio, and resuming a long session from a snapshot against recomputing
-// its prompt, for f16, q8 and q4 caches, through the public API only.
+// its prompt, for f16, q8 and q4 caches; then suspend and resume of the
+// same sessions (held bytes, pool bytes freed, times in host memory and in
+// a spill file, by compression level); through the public API only.
 // Build: c++ -O2 -std=c++20 -Iinclude tests/unit/bench-snapshot.cpp BUILD/src/libkvrt.a
 //        -lzstd -lpthread -o bench-snapshot
 // Run:   bench-snapshot MODEL [TOKENS [REPEATS [THREADS [DIR]]]]
@@ -28,6 +30,48 @@ void check(kvrt_status st, const char* what) {
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+uint64_t pool_used(const kvrt_runtime* rt) {
+  kvrt_runtime_stats rs{};
+  rs.struct_size = sizeof rs;
+  check(kvrt_runtime_get_stats(rt, &rs), "runtime stats");
+  return rs.kv_used_bytes;
+}
+
+// Suspends and resumes `s` in host memory and in a spill file in `dir`, at
+// zstd levels -1 (faster), 1 (the suspend default) and 3 (the save
+// default); one table row each.
+void bench_suspend(const kvrt_runtime* rt, kvrt_session* s, const char* name, int repeats,
+                   const std::string& dir, std::vector<std::string>& rows) {
+  for (int spill = 0; spill <= 1; ++spill)
+    for (int level : {-1, 1, 3}) {
+      kvrt_suspend_params p;
+      kvrt_suspend_default_params(&p);
+      p.compression_level = level;
+      p.spill_dir = spill ? dir.c_str() : nullptr;
+      std::vector<double> sus_t, res_t;
+      uint64_t held = 0, freed = 0;
+      for (int r = 0; r < repeats; ++r) {
+        const uint64_t before = pool_used(rt);
+        double a = now_s();
+        check(kvrt_session_suspend(s, &p), "suspend");
+        sus_t.push_back(now_s() - a);
+        freed = before - pool_used(rt);
+        kvrt_session_stats st{};
+        st.struct_size = sizeof st;
+        check(kvrt_session_get_stats(s, &st), "session stats");
+        held = st.suspended_bytes;
+        a = now_s();
+        check(kvrt_session_resume(s), "resume");
+        res_t.push_back(now_s() - a);
+      }
+      char row[256];
+      std::snprintf(row, sizeof row, "| %s | %s | %d | %.3f | %.2f | %.1f | %.1f |\n", name,
+                    spill ? "file" : "memory", level, double(held) / 1e6, double(freed) / 1e6,
+                    median(sus_t) * 1e3, median(res_t) * 1e3);
+      rows.push_back(row);
+    }
 }
 
 }  // namespace
@@ -60,6 +104,7 @@ int main(int argc, char** argv) {
   }
   std::vector<float> logits(mi.n_vocab);
   const std::string path = dir + "/bench-snapshot.kvs";
+  std::vector<std::string> suspend_rows;
   std::printf("%u tokens, %d repeats (medians), %u threads, zstd level 3\n", n_tokens, repeats, threads);
   std::printf("| cache | raw KV MB | snapshot MB | ratio | save MB/s | load MB/s | file save ms | file load ms | prefill ms | prefill / load |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
@@ -111,8 +156,13 @@ int main(int argc, char** argv) {
                 raw / 1e6 / median(load_t), median(fsave_t) * 1e3, median(fload_t) * 1e3, prefill_s * 1e3,
                 prefill_s / median(fload_t));
     std::fflush(stdout);
+    bench_suspend(rt, s, names[f], repeats, dir, suspend_rows);
     kvrt_session_destroy(s);
   }
+  std::printf("\nsuspend / resume, %u tokens, medians of %d\n", n_tokens, repeats);
+  std::printf("| cache | where | level | held MB | pool MB freed | suspend ms | resume ms |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const std::string& row : suspend_rows) std::printf("%s", row.c_str());
   std::remove(path.c_str());
   kvrt_model_destroy(model);
   kvrt_runtime_destroy(rt);
