@@ -259,7 +259,7 @@ typedef struct kvrt_model_info {
  */
 typedef struct kvrt_session_stats {
   uint32_t struct_size;      /**< Set by the caller to sizeof(kvrt_session_stats). */
-  uint32_t n_tokens;         /**< Tokens in the cache. */
+  uint32_t n_tokens;         /**< Tokens in the cache (of a suspended session: in its snapshot). */
   uint32_t n_ctx;            /**< Most tokens the session may hold. */
   uint32_t n_blocks;         /**< KV blocks the session refers to. */
   uint32_t block_tokens;     /**< Positions per block. */
@@ -268,6 +268,12 @@ typedef struct kvrt_session_stats {
   uint32_t reserved0;        /**< 0. */
   uint64_t kv_bytes;         /**< Bytes of the blocks the session refers to. */
   uint64_t kv_bytes_per_token; /**< Bytes one token takes in this session's formats. */
+  /** 1 while the session is suspended (kvrt_session_suspend()), else 0.
+   *  A suspended session refers to no block: n_blocks and kv_bytes are 0,
+   *  while n_tokens still counts its tokens. */
+  uint32_t suspended;
+  uint32_t spilled;          /**< 1 while the suspended session's snapshot is in a spill file, else 0. */
+  uint64_t suspended_bytes;  /**< Bytes of the snapshot a suspended session holds (in host memory or in its spill file); 0 when not suspended. */
 } kvrt_session_stats;
 
 /**
@@ -488,6 +494,8 @@ KVRT_API kvrt_status kvrt_session_create(kvrt_model* model,
 
 /**
  * @brief Destroys a session and returns its KV blocks to the pool.
+ *
+ * A suspended session's held snapshot is freed and its spill file removed.
  * @param session In: the session, or NULL (nothing happens).
  */
 KVRT_API void kvrt_session_destroy(kvrt_session* session);
@@ -514,7 +522,9 @@ KVRT_API void kvrt_session_destroy(kvrt_session* session);
  *         ::KVRT_ERR_BUFFER_TOO_SMALL (@p logits_capacity < n_vocab);
  *         ::KVRT_ERR_OUT_OF_MEMORY (the pool's budget cannot hold the new
  *         blocks); ::KVRT_ERR_ABORTED. On any error the session is unchanged
- *         and remains usable.
+ *         and remains usable. A suspended session is resumed first (see
+ *         kvrt_session_suspend()); the resume's errors are returned too, and
+ *         on any error it stays suspended.
  * @note One thread at a time per session.
  */
 KVRT_API kvrt_status kvrt_decode_step(kvrt_session* session,
@@ -527,7 +537,9 @@ KVRT_API kvrt_status kvrt_decode_step(kvrt_session* session,
  * @param params In: settings, or NULL for the defaults.
  * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (negative or non-finite
  *         temperature, top_p outside (0, 1]); ::KVRT_ERR_STRUCT_SIZE. On
- *         error the previous sampler is kept.
+ *         error the previous sampler is kept. A suspended session is
+ *         resumed first and stays suspended on any error (see
+ *         kvrt_session_suspend()).
  * @note One thread at a time per session.
  */
 KVRT_API kvrt_status kvrt_session_set_sampler(kvrt_session* session,
@@ -544,7 +556,8 @@ KVRT_API kvrt_status kvrt_session_set_sampler(kvrt_session* session,
  * @param n_logits In: must equal the model's n_vocab.
  * @param token Out: the chosen id.
  * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL, wrong count, NaN in
- *         the logits).
+ *         the logits). A suspended session is resumed first and stays
+ *         suspended on any error (see kvrt_session_suspend()).
  * @note One thread at a time per session.
  */
 KVRT_API kvrt_status kvrt_session_sample(kvrt_session* session,
@@ -558,7 +571,9 @@ KVRT_API kvrt_status kvrt_session_sample(kvrt_session* session,
  * @param session In/out: the session.
  * @param n_tokens In: at most the session's current token count.
  * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT; ::KVRT_ERR_OUT_OF_RANGE
- *         (more tokens than the session holds; nothing changes).
+ *         (more tokens than the session holds; nothing changes). A suspended
+ *         session is resumed first and stays suspended on any error (see
+ *         kvrt_session_suspend()).
  * @note One thread at a time per session.
  */
 KVRT_API kvrt_status kvrt_session_rewind(kvrt_session* session, size_t n_tokens);
@@ -590,7 +605,8 @@ KVRT_API kvrt_status kvrt_session_get_stats(const kvrt_session* session,
  *
  * This is the one call that may be made from another thread while the
  * session is in use. The decode returns ::KVRT_ERR_ABORTED with the session
- * unchanged; the request is cleared when a decode starts.
+ * unchanged; the request is cleared when a decode starts. On a suspended
+ * session it does nothing.
  * @param session In: the session.
  * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT.
  */
@@ -674,7 +690,8 @@ KVRT_API void kvrt_snapshot_default_params(kvrt_snapshot_params* params);
  *         writable, a write, sync or rename failed; the message names the
  *         path and the system's reason); ::KVRT_ERR_OUT_OF_MEMORY. On error
  *         the session is unchanged. Every KV format is saved, quantized
- *         (q8, q4) caches with their f16 tail block.
+ *         (q8, q4) caches with their f16 tail block. A suspended session
+ *         writes the snapshot it holds (see kvrt_session_suspend()).
  * @note One thread at a time per session (the session is read, not changed,
  *       but it must not be decoding meanwhile).
  */
@@ -721,7 +738,8 @@ KVRT_API kvrt_status kvrt_session_load(kvrt_model* model, const char* path,
  *
  * With @p buffer NULL and @p capacity 0 it only computes the exact size and
  * returns ::KVRT_OK. The size does not change while the session is not
- * changed and the parameters are the same.
+ * changed and the parameters are the same. A suspended session writes the
+ * snapshot it holds (see kvrt_session_suspend()).
  *
  * @param session In: the session; it is not changed.
  * @param buffer Out: room for @p capacity bytes, or NULL with @p capacity 0.
@@ -765,7 +783,9 @@ KVRT_API kvrt_status kvrt_session_load_buffer(kvrt_model* model, const void* buf
  *        key-value store, a socket).
  *
  * The snapshot is produced in pieces (at most about 1 MiB each) while it is
- * compressed, so memory use does not grow with the session's length.
+ * compressed, so memory use does not grow with the session's length. A
+ * suspended session writes the snapshot it holds (see
+ * kvrt_session_suspend()).
  *
  * @param session In: the session; it is not changed.
  * @param write In: called with each piece, in order.
@@ -1133,6 +1153,124 @@ KVRT_API kvrt_status kvrt_store_list(kvrt_store* store, char* buffer, size_t cap
  */
 KVRT_API kvrt_status kvrt_store_inspect(kvrt_store* store, const char* name, const kvrt_model* model,
                                         kvrt_store_entry_info* info);
+
+/* ---------------------------------------------------------------------------
+ * Suspend and resume
+ *
+ * A suspended session gives its KV blocks back to the runtime's pool and
+ * frees its work buffers; it keeps only its snapshot (the bytes
+ * kvrt_session_save() writes), in host memory or in a file the library
+ * creates in a folder the caller names, and its token ids. Resuming rebuilds
+ * the session from that snapshot, validated as a load is, exactly as it was.
+ * An idle conversation thus costs its compressed snapshot instead of its
+ * cache, and its budget serves the sessions that are decoding.
+ * ------------------------------------------------------------------------- */
+
+/**
+ * @brief Parameters of kvrt_session_suspend().
+ *
+ * Initialize with kvrt_suspend_default_params(); the library reads
+ * min(struct_size, its own size) bytes and uses defaults for the rest.
+ */
+typedef struct kvrt_suspend_params {
+  uint32_t struct_size;       /**< sizeof(kvrt_suspend_params), set by the init function. */
+  int32_t compression_level;  /**< zstd level of the held snapshot, from zstd's minimum (negative: faster) to its maximum (22); 0 means 1. Default 1: suspending is on the path of the next request, so speed counts more than size (docs/benchmarks.md). */
+  uint32_t reserved0;         /**< Must be 0. */
+  uint32_t reserved1;         /**< Must be 0. */
+  /** NULL (the default): the snapshot stays in host memory. Otherwise an
+   *  existing folder (UTF-8, NUL-terminated; not kept) in which the library
+   *  creates a new file, "kvrt-suspend-<pid>-<n>-<t>.kvs", readable and
+   *  writable by its owner only, and not synced to disk (it only has to
+   *  live as long as the suspension). The file is removed when the session
+   *  is resumed or destroyed; a process that ends with sessions still
+   *  suspended leaves their files behind. */
+  const char* spill_dir;
+} kvrt_suspend_params;
+
+/**
+ * @brief Fills @p params with the defaults and sets struct_size.
+ * @param params Out: the struct to fill; ignored when NULL.
+ * @note Any thread may call it.
+ */
+KVRT_API void kvrt_suspend_default_params(kvrt_suspend_params* params);
+
+/**
+ * @brief Suspends a session: writes its snapshot, then gives its KV blocks
+ *        back to the runtime's pool.
+ *
+ * The snapshot is the one kvrt_session_save() would write at the same
+ * compression level. Once it is complete, the session's blocks return to the
+ * pool: the runtime's kv_used_bytes and n_blocks_used drop by the session's
+ * kv_bytes and n_blocks, and other sessions may use that budget. The session's work buffers and, for q8/q4 caches, its
+ * f16 tail stage are freed too. The pool keeps the memory it took from the
+ * system (kv_reserved_bytes) for its next blocks. The token ids (4 bytes
+ * each) stay in host memory.
+ *
+ * While the session is suspended:
+ *  - kvrt_decode_step(), kvrt_session_sample(), kvrt_session_rewind() and
+ *    kvrt_session_set_sampler() resume it first, as kvrt_session_resume()
+ *    does. If the resume or the call itself fails, the session stays
+ *    suspended, as it was, and the call returns that status (for example
+ *    ::KVRT_ERR_OUT_OF_MEMORY when the budget cannot hold the blocks).
+ *  - kvrt_session_save(), kvrt_session_save_buffer() and
+ *    kvrt_session_save_stream() write the held snapshot without resuming:
+ *    exactly the bytes kvrt_session_save() would have written at the
+ *    suspend's compression level. Their params are checked as usual, but
+ *    their compression_level is not applied. A spill file that is gone or
+ *    changed fails them as it fails kvrt_session_resume().
+ *  - kvrt_session_get_tokens() and kvrt_session_get_stats() answer without
+ *    resuming (see kvrt_session_stats::suspended).
+ *  - kvrt_session_request_abort() does nothing: there is no decode to stop.
+ *  - kvrt_session_destroy() frees everything and removes the spill file.
+ *
+ * Suspending a session that is already suspended checks @p params and
+ * returns ::KVRT_OK without changing anything: its snapshot stays where and
+ * as it is.
+ *
+ * @param session In/out: the session.
+ * @param params In: settings, or NULL for the defaults. Not kept.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL @p session, a
+ *         compression level outside zstd's range, a nonzero reserved field,
+ *         an empty spill_dir); ::KVRT_ERR_STRUCT_SIZE; ::KVRT_ERR_IO
+ *         (spill_dir is not a folder in which the process can create a
+ *         file, or a write failed, for example on a full disk; the message
+ *         names the folder or file and the system's reason; no file is left
+ *         behind); ::KVRT_ERR_OUT_OF_MEMORY (host memory). On error the
+ *         session is live and unchanged.
+ * @note One thread at a time per session, as for decoding;
+ *       kvrt_session_request_abort() may still be called from another
+ *       thread at any time.
+ */
+KVRT_API kvrt_status kvrt_session_suspend(kvrt_session* session,
+                                          const kvrt_suspend_params* params);
+
+/**
+ * @brief Resumes a suspended session: rebuilds it from its snapshot.
+ *
+ * The snapshot is read and validated as kvrt_session_load() does (every
+ * checksum and value; a spill file must moreover still hold exactly the
+ * bytes written at the suspend). The session then takes its blocks from the
+ * pool and continues exactly as it would have without the suspend: the same
+ * tokens, bitwise-identical logits, its sampler's settings and generator
+ * state. The held snapshot is freed and the spill file removed.
+ *
+ * Resuming a session that is not suspended does nothing and returns
+ * ::KVRT_OK.
+ *
+ * @param session In/out: the session.
+ * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL @p session);
+ *         ::KVRT_ERR_OUT_OF_MEMORY (the runtime's KV budget cannot hold the
+ *         session's blocks now, or host memory ran out: free blocks, for
+ *         example by suspending or destroying other sessions, and try
+ *         again); ::KVRT_ERR_IO (the spill file is gone or cannot be read);
+ *         ::KVRT_ERR_CORRUPT (the spill file's bytes changed). On error the
+ *         session stays suspended and unchanged, holding its snapshot (and
+ *         spill file, if still there): it may be resumed again, saved or
+ *         destroyed.
+ * @note One thread at a time per session; kvrt_session_request_abort()
+ *       may still be called from another thread at any time.
+ */
+KVRT_API kvrt_status kvrt_session_resume(kvrt_session* session);
 
 #ifdef __cplusplus
 } /* extern "C" */

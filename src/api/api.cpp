@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 
@@ -14,6 +15,7 @@
 #include "snapshot/snapshot-format.hpp"
 #include "snapshot/snapshot-io.hpp"
 #include "snapshot/store.hpp"
+#include "snapshot/suspend.hpp"
 #include "util/error.hpp"
 
 struct kvrt_runtime {
@@ -23,7 +25,14 @@ struct kvrt_model {
   std::shared_ptr<const kvrt::LoadedModel> m;
 };
 struct kvrt_session {
+  // Exactly one of the two is set: the live session, or while suspended
+  // its held snapshot (kvrt_session_suspend) and the stats it reports.
   std::unique_ptr<kvrt::Session> s;
+  std::unique_ptr<kvrt::snap::SuspendedSession> held;
+  kvrt_session_stats held_stats{};
+  // Only the owning thread changes `s`, but kvrt_session_request_abort may
+  // read it from any thread: swaps and that read hold this lock.
+  std::mutex swap_mutex;
 };
 struct kvrt_store {
   std::unique_ptr<kvrt::snap::Store> st;
@@ -110,6 +119,57 @@ void snapshot_inspect_into(kvrt_snapshot_info* info, F&& run) {
     throw;
   }
   std::memcpy(info, &full, n);
+}
+
+const kvrt::Model& session_model(const kvrt_session* h) {
+  return h->s ? h->s->model() : h->held->model();
+}
+
+kvrt_session_stats live_stats(const kvrt::Session& s) {
+  kvrt_session_stats st{};
+  st.n_tokens = s.kv().n_tokens();
+  st.n_ctx = s.kv().n_ctx();
+  st.n_blocks = s.kv().n_blocks();
+  st.block_tokens = s.kv().layout().block_tokens;
+  st.kv_format_k = s.config().k_format;
+  st.kv_format_v = s.config().v_format;
+  st.kv_bytes = s.kv().bytes();
+  st.kv_bytes_per_token = s.kv_bytes_per_token();
+  return st;
+}
+
+// Rebuilds a suspended session and runs f on it. The rebuilt session is
+// installed first, so that kvrt_session_request_abort reaches a decode run
+// by f; if the rebuild or f fails it is dropped again and the session stays
+// suspended, holding the same snapshot (f changes nothing on failure).
+template <class F>
+void with_live(kvrt_session* h, F&& f) {
+  if (h->s) {
+    f(*h->s);
+    return;
+  }
+  std::unique_ptr<kvrt::Session> s = h->held->restore();
+  {
+    std::lock_guard<std::mutex> lock(h->swap_mutex);
+    h->s = std::move(s);
+  }
+  try {
+    f(*h->s);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(h->swap_mutex);
+    s = std::move(h->s);  // destroyed after the lock: its blocks go back to the pool
+    throw;
+  }
+  h->held.reset();  // frees the snapshot, removes the spill file
+}
+
+// A snapshot of the session: written from the live session, or the held
+// bytes of a suspended one.
+void write_session(kvrt_session* h, kvrt::snap::Sink& out, const kvrt::snap::WriteOptions& o) {
+  if (h->s)
+    kvrt::snap::write_snapshot(*h->s, out, o);
+  else
+    h->held->copy_to(out);
 }
 
 }  // namespace
@@ -389,11 +449,11 @@ KVRT_API kvrt_status kvrt_decode_step(kvrt_session* session, const int32_t* toke
                                       float* logits, size_t logits_capacity) {
   return guard(__func__, [&] {
     require(session, "session");
-    const uint32_t nv = session->s->model().hparams().n_vocab;
+    const uint32_t nv = session_model(session).hparams().n_vocab;
     if (logits && logits_capacity < nv)
       kvrt::fail(KVRT_ERR_BUFFER_TOO_SMALL, "logits_capacity = %zu is smaller than n_vocab = %u",
                  logits_capacity, nv);
-    session->s->decode(tokens, n_tokens, logits);
+    with_live(session, [&](kvrt::Session& s) { s.decode(tokens, n_tokens, logits); });
   });
 }
 
@@ -406,7 +466,7 @@ KVRT_API kvrt_status kvrt_session_set_sampler(kvrt_session* session, const kvrt_
     c.top_k = p.top_k;
     c.top_p = p.top_p;
     c.seed = p.seed;
-    session->s->sampler().configure(c);
+    with_live(session, [&](kvrt::Session& s) { s.sampler().configure(c); });
   });
 }
 
@@ -416,18 +476,18 @@ KVRT_API kvrt_status kvrt_session_sample(kvrt_session* session, const float* log
     require(session, "session");
     require(logits, "logits");
     require(token, "token");
-    const uint32_t nv = session->s->model().hparams().n_vocab;
+    const uint32_t nv = session_model(session).hparams().n_vocab;
     if (n_logits != nv)
       kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "n_logits = %zu but the model's vocabulary has %u tokens",
                  n_logits, nv);
-    *token = session->s->sampler().sample(logits, n_logits);
+    with_live(session, [&](kvrt::Session& s) { *token = s.sampler().sample(logits, n_logits); });
   });
 }
 
 KVRT_API kvrt_status kvrt_session_rewind(kvrt_session* session, size_t n_tokens) {
   return guard(__func__, [&] {
     require(session, "session");
-    session->s->rewind(n_tokens);
+    with_live(session, [&](kvrt::Session& s) { s.rewind(n_tokens); });
   });
 }
 
@@ -437,7 +497,7 @@ KVRT_API kvrt_status kvrt_session_get_tokens(const kvrt_session* session, int32_
     require(session, "session");
     require(n_tokens, "n_tokens");
     if (!tokens && capacity) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "tokens is NULL but capacity = %zu", capacity);
-    const auto& t = session->s->tokens();
+    const auto& t = session->s ? session->s->tokens() : session->held->tokens();
     *n_tokens = t.size();
     if (t.size() > capacity) {
       if (!tokens) return;
@@ -451,17 +511,8 @@ KVRT_API kvrt_status kvrt_session_get_stats(const kvrt_session* session, kvrt_se
   return guard(__func__, [&] {
     require(session, "session");
     size_t n = out_size(stats, "stats");
-    const kvrt::Session& s = *session->s;
-    kvrt_session_stats st{};
+    kvrt_session_stats st = session->s ? live_stats(*session->s) : session->held_stats;
     st.struct_size = static_cast<uint32_t>(n);
-    st.n_tokens = s.kv().n_tokens();
-    st.n_ctx = s.kv().n_ctx();
-    st.n_blocks = s.kv().n_blocks();
-    st.block_tokens = s.kv().layout().block_tokens;
-    st.kv_format_k = s.config().k_format;
-    st.kv_format_v = s.config().v_format;
-    st.kv_bytes = s.kv().bytes();
-    st.kv_bytes_per_token = s.kv_bytes_per_token();
     std::memcpy(stats, &st, n);
   });
 }
@@ -469,7 +520,8 @@ KVRT_API kvrt_status kvrt_session_get_stats(const kvrt_session* session, kvrt_se
 KVRT_API kvrt_status kvrt_session_request_abort(kvrt_session* session) {
   return guard(__func__, [&] {
     require(session, "session");
-    session->s->request_abort();
+    std::lock_guard<std::mutex> lock(session->swap_mutex);
+    if (session->s) session->s->request_abort();  // a suspended session has no decode to stop
   });
 }
 
@@ -512,7 +564,7 @@ KVRT_API kvrt_status kvrt_session_save(kvrt_session* session, const char* path,
     require(path, "path");
     kvrt::snap::WriteOptions o = snapshot_write_options(params);
     kvrt::snap::AtomicFileSink file(path);
-    kvrt::snap::write_snapshot(*session->s, file, o);
+    write_session(session, file, o);
     file.commit();
   });
 }
@@ -543,7 +595,7 @@ KVRT_API kvrt_status kvrt_session_save_buffer(kvrt_session* session, void* buffe
       kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "buffer is NULL but capacity = %zu", capacity);
     kvrt::snap::WriteOptions o = snapshot_write_options(params);
     kvrt::snap::BufferSink sink(buffer, capacity);
-    kvrt::snap::write_snapshot(*session->s, sink, o);
+    write_session(session, sink, o);
     *size = sink.size();
     if (sink.overflowed() && buffer)
       kvrt::fail(KVRT_ERR_BUFFER_TOO_SMALL, "the snapshot takes %zu bytes; the buffer holds %zu", sink.size(),
@@ -575,7 +627,7 @@ KVRT_API kvrt_status kvrt_session_save_stream(kvrt_session* session, kvrt_write_
     if (!write) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "write is NULL");
     kvrt::snap::WriteOptions o = snapshot_write_options(params);
     kvrt::snap::CallbackSink sink(write, user);
-    kvrt::snap::write_snapshot(*session->s, sink, o);
+    write_session(session, sink, o);
   });
 }
 
@@ -653,7 +705,8 @@ KVRT_API kvrt_status kvrt_store_save(kvrt_store* store, kvrt_session* session, c
     if (stats) out_size(stats, "stats");
     kvrt::snap::WriteOptions o = snapshot_write_options(params);
     kvrt::snap::StoreSaveStats st;
-    store->st->save(*session->s, name, o, &st);
+    // A suspended session is resumed first (the store keys its blocks).
+    with_live(session, [&](kvrt::Session& live) { store->st->save(live, name, o, &st); });
     if (stats) {
       kvrt_store_save_stats full{};
       full.struct_size = stats->struct_size;
@@ -739,6 +792,64 @@ KVRT_API kvrt_status kvrt_store_inspect(kvrt_store* store, const char* name, con
     info->top_k = static_cast<int32_t>(e.sampler.top_k);
     info->top_p = e.sampler.top_p;
     info->seed = e.sampler.seed;
+  });
+}
+
+// ---- Suspend and resume ----------------------------------------------------
+
+KVRT_API void kvrt_suspend_default_params(kvrt_suspend_params* p) {
+  if (!p) return;
+  std::memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+  p->compression_level = 1;
+  p->spill_dir = nullptr;
+}
+
+static kvrt::snap::SuspendOptions suspend_options(const kvrt_suspend_params* params) {
+  kvrt_suspend_params p = read_params(params, kvrt_suspend_default_params, "params");
+  if (p.reserved0 != 0 || p.reserved1 != 0)
+    kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "params->reserved0 and reserved1 must be 0");
+  kvrt::snap::SuspendOptions o;
+  o.level = p.compression_level == 0 ? 1 : p.compression_level;
+  if (o.level < ZSTD_minCLevel() || o.level > ZSTD_maxCLevel())
+    kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "compression_level = %d is outside zstd's range %d..%d",
+               o.level, ZSTD_minCLevel(), ZSTD_maxCLevel());
+  if (p.spill_dir) {
+    if (p.spill_dir[0] == '\0')
+      kvrt::fail(KVRT_ERR_INVALID_ARGUMENT,
+                 "params->spill_dir is empty (NULL keeps the snapshot in host memory)");
+    o.spill_dir = p.spill_dir;
+  }
+  return o;
+}
+
+KVRT_API kvrt_status kvrt_session_suspend(kvrt_session* session, const kvrt_suspend_params* params) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    const kvrt::snap::SuspendOptions o = suspend_options(params);
+    if (!session->s) return;  // already suspended: its snapshot stays as it is
+    auto held = std::make_unique<kvrt::snap::SuspendedSession>(*session->s, o);
+    kvrt_session_stats st = live_stats(*session->s);
+    st.n_blocks = 0;
+    st.kv_bytes = 0;
+    st.suspended = 1;
+    st.spilled = held->spilled() ? 1 : 0;
+    st.suspended_bytes = held->bytes();
+    std::unique_ptr<kvrt::Session> live;
+    {
+      std::lock_guard<std::mutex> lock(session->swap_mutex);
+      live = std::move(session->s);
+    }
+    session->held = std::move(held);
+    session->held_stats = st;
+    // `live` goes here, outside the lock: blocks back to the pool, buffers freed.
+  });
+}
+
+KVRT_API kvrt_status kvrt_session_resume(kvrt_session* session) {
+  return guard(__func__, [&] {
+    require(session, "session");
+    with_live(session, [](kvrt::Session&) {});
   });
 }
 

@@ -41,8 +41,11 @@ _Static_assert(offsetof(kvrt_model_info, n_params) == 48, "kvrt_model_info layou
 _Static_assert(offsetof(kvrt_model_info, kv_bytes_per_token) == 64, "kvrt_model_info layout");
 _Static_assert(offsetof(kvrt_model_info, architecture) == 104, "kvrt_model_info layout");
 _Static_assert(offsetof(kvrt_model_info, name) == 136, "kvrt_model_info layout");
-_Static_assert(sizeof(kvrt_session_stats) == 48, "kvrt_session_stats layout");
+_Static_assert(sizeof(kvrt_session_stats) == 64, "kvrt_session_stats layout");
 _Static_assert(offsetof(kvrt_session_stats, kv_bytes) == 32, "kvrt_session_stats layout");
+_Static_assert(offsetof(kvrt_session_stats, suspended) == 48, "kvrt_session_stats layout");
+_Static_assert(offsetof(kvrt_session_stats, spilled) == 52, "kvrt_session_stats layout");
+_Static_assert(offsetof(kvrt_session_stats, suspended_bytes) == 56, "kvrt_session_stats layout");
 _Static_assert(sizeof(kvrt_runtime_stats) == 40, "kvrt_runtime_stats layout");
 _Static_assert(offsetof(kvrt_runtime_stats, n_blocks_used) == 32, "kvrt_runtime_stats layout");
 _Static_assert(sizeof(kvrt_snapshot_params) == 16, "kvrt_snapshot_params layout");
@@ -60,6 +63,11 @@ _Static_assert(offsetof(kvrt_store_entry_info, temperature) == 48, "kvrt_store_e
 _Static_assert(offsetof(kvrt_store_entry_info, seed) == 64, "kvrt_store_entry_info layout");
 _Static_assert(offsetof(kvrt_store_entry_info, manifest_bytes) == 24, "kvrt_store_entry_info layout");
 _Static_assert(offsetof(kvrt_store_entry_info, block_raw_bytes) == 40, "kvrt_store_entry_info layout");
+_Static_assert(offsetof(kvrt_suspend_params, struct_size) == 0, "struct_size first");
+_Static_assert(offsetof(kvrt_suspend_params, compression_level) == 4, "kvrt_suspend_params layout");
+_Static_assert(offsetof(kvrt_suspend_params, reserved1) == 12, "kvrt_suspend_params layout");
+_Static_assert(offsetof(kvrt_suspend_params, spill_dir) == 16, "kvrt_suspend_params layout");
+_Static_assert(sizeof(kvrt_suspend_params) == 16 + sizeof(void*), "kvrt_suspend_params layout");
 _Static_assert(KVRT_TOKENIZE_ADD_BOS == 1u, "flag value");
 
 int main(void) {

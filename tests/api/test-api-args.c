@@ -904,6 +904,129 @@ static void test_last_error_kept_by_success(void** state) {
   assert_string_equal(kvrt_last_error(), copy);
 }
 
+/* ---- Suspend and resume ------------------------------------------------ */
+
+static kvrt_session_stats expect_state(const kvrt_session* s, uint32_t suspended, uint32_t n_tokens) {
+  kvrt_session_stats st = tu_session_stats(s);
+  assert_int_equal(st.suspended, suspended);
+  assert_int_equal(st.n_tokens, n_tokens);
+  assert_int_equal(st.n_blocks, suspended ? 0 : (n_tokens + 15) / 16);
+  return st;
+}
+
+static void test_suspend_args(void** state) {
+  fixture* f = (fixture*)*state;
+  kvrt_suspend_params sp;
+  struct {
+    kvrt_suspend_params p;
+    uint8_t extra[40];
+  } big;
+  size_t i, n = 0;
+  int32_t toks[6], out[6], tok = 0;
+  float logits[TM_N_VOCAB];
+  char* file; /* a file, not a folder */
+
+  tu_tokens(toks, 6, 5);
+  EXPECT_OK(kvrt_decode_step(f->s, toks, 5, logits, TM_N_VOCAB));
+
+  kvrt_suspend_default_params(NULL);
+  memset(&sp, 0xA5, sizeof sp);
+  kvrt_suspend_default_params(&sp);
+  assert_int_equal(sp.struct_size, sizeof sp);
+  assert_int_equal(sp.compression_level, 1);
+  assert_int_equal(sp.reserved0, 0);
+  assert_int_equal(sp.reserved1, 0);
+  assert_null(sp.spill_dir);
+
+  EXPECT_ERR(kvrt_session_suspend(NULL, NULL), KVRT_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(kvrt_session_suspend(NULL, &sp), KVRT_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(kvrt_session_resume(NULL), KVRT_ERR_INVALID_ARGUMENT);
+  for (i = 0; i < 3; ++i) {
+    kvrt_suspend_default_params(&sp);
+    sp.struct_size = i < 2 ? k_bad_sizes[i] : (uint32_t)sizeof sp - 1;
+    EXPECT_ERR(kvrt_session_suspend(f->s, &sp), KVRT_ERR_STRUCT_SIZE);
+  }
+  kvrt_suspend_default_params(&sp);
+  sp.reserved0 = 1;
+  EXPECT_ERR(kvrt_session_suspend(f->s, &sp), KVRT_ERR_INVALID_ARGUMENT);
+  kvrt_suspend_default_params(&sp);
+  sp.reserved1 = 1;
+  EXPECT_ERR(kvrt_session_suspend(f->s, &sp), KVRT_ERR_INVALID_ARGUMENT);
+  kvrt_suspend_default_params(&sp);
+  sp.compression_level = 23;
+  EXPECT_ERR(kvrt_session_suspend(f->s, &sp), KVRT_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(kvrt_last_error(), "23"));
+  sp.compression_level = -1000000;
+  EXPECT_ERR(kvrt_session_suspend(f->s, &sp), KVRT_ERR_INVALID_ARGUMENT);
+  kvrt_suspend_default_params(&sp);
+  sp.spill_dir = "";
+  EXPECT_ERR(kvrt_session_suspend(f->s, &sp), KVRT_ERR_INVALID_ARGUMENT);
+  sp.spill_dir = "/nonexistent-dir-kvrt";
+  EXPECT_ERR(kvrt_session_suspend(f->s, &sp), KVRT_ERR_IO);
+  assert_non_null(strstr(kvrt_last_error(), "/nonexistent-dir-kvrt"));
+  file = write_temp_file("x", 1);
+  sp.spill_dir = file;
+  EXPECT_ERR(kvrt_session_suspend(f->s, &sp), KVRT_ERR_IO);
+  unlink(file);
+  free(file);
+  expect_state(f->s, 0, 5);
+
+  /* A caller with a newer header (larger struct, zero tail) is served. */
+  memset(&big, 0, sizeof big);
+  kvrt_suspend_default_params(&big.p);
+  big.p.struct_size = sizeof big;
+  EXPECT_OK(kvrt_session_suspend(f->s, &big.p));
+  expect_state(f->s, 1, 5);
+  /* Bad params are refused while suspended too, and change nothing. */
+  kvrt_suspend_default_params(&sp);
+  sp.reserved0 = 7;
+  EXPECT_ERR(kvrt_session_suspend(f->s, &sp), KVRT_ERR_INVALID_ARGUMENT);
+
+  /* Calls refused for their own arguments leave the session suspended. */
+  EXPECT_ERR(kvrt_decode_step(f->s, NULL, 1, NULL, 0), KVRT_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(kvrt_decode_step(f->s, toks, 0, NULL, 0), KVRT_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(kvrt_decode_step(f->s, toks, 1, logits, TM_N_VOCAB - 1), KVRT_ERR_BUFFER_TOO_SMALL);
+  tok = TM_N_VOCAB;
+  EXPECT_ERR(kvrt_decode_step(f->s, &tok, 1, NULL, 0), KVRT_ERR_OUT_OF_RANGE);
+  EXPECT_ERR(kvrt_session_sample(f->s, logits, TM_N_VOCAB - 1, &tok), KVRT_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(kvrt_session_sample(f->s, NULL, TM_N_VOCAB, &tok), KVRT_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(kvrt_session_rewind(f->s, 6), KVRT_ERR_OUT_OF_RANGE);
+  {
+    kvrt_sampler_params smp;
+    kvrt_sampler_default_params(&smp);
+    smp.struct_size = 3;
+    EXPECT_ERR(kvrt_session_set_sampler(f->s, &smp), KVRT_ERR_STRUCT_SIZE);
+    kvrt_sampler_default_params(&smp);
+    smp.top_p = 0.0f;
+    EXPECT_ERR(kvrt_session_set_sampler(f->s, &smp), KVRT_ERR_INVALID_ARGUMENT);
+  }
+  EXPECT_ERR(kvrt_session_get_tokens(f->s, out, 4, &n), KVRT_ERR_BUFFER_TOO_SMALL);
+  assert_int_equal(n, 5);
+  EXPECT_ERR(kvrt_session_save_buffer(f->s, NULL, 4, &n, NULL), KVRT_ERR_INVALID_ARGUMENT);
+  {
+    kvrt_snapshot_params p;
+    kvrt_snapshot_default_params(&p);
+    p.compression_level = 23;
+    EXPECT_ERR(kvrt_session_save_buffer(f->s, NULL, 0, &n, &p), KVRT_ERR_INVALID_ARGUMENT);
+  }
+  {
+    kvrt_session_stats st;
+    st.struct_size = 3;
+    EXPECT_ERR(kvrt_session_get_stats(f->s, &st), KVRT_ERR_STRUCT_SIZE);
+  }
+  EXPECT_OK(kvrt_session_request_abort(f->s));
+  EXPECT_OK(kvrt_session_get_tokens(f->s, out, 6, &n));
+  assert_int_equal(n, 5);
+  assert_memory_equal(out, toks, 5 * sizeof(int32_t));
+  expect_state(f->s, 1, 5);
+
+  EXPECT_OK(kvrt_session_resume(f->s));
+  expect_state(f->s, 0, 5);
+  EXPECT_OK(kvrt_session_resume(f->s));
+  expect_state(f->s, 0, 5);
+  EXPECT_OK(kvrt_session_rewind(f->s, 0));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_runtime_create_args),
@@ -921,6 +1044,7 @@ int main(void) {
       cmocka_unit_test(test_rewind_tokens_stats_abort_args),
       cmocka_unit_test(test_snapshot_args),
       cmocka_unit_test(test_last_error_kept_by_success),
+      cmocka_unit_test(test_suspend_args),
   };
   return cmocka_run_group_tests_name("api-args", tests, setup, teardown);
 }

@@ -1,6 +1,8 @@
 // Benchmark (not a test): snapshot save and load throughput, compression
 // ratio, and resuming a long session from a snapshot against recomputing
-// its prompt, for f16, q8 and q4 caches; then, for f16 and q8, session
+// its prompt, for f16, q8 and q4 caches; then suspend and resume of the
+// same sessions (held bytes, pool bytes freed, times in host memory and in
+// a spill file, by compression level); then, for f16 and q8, session
 // stores: a full save into an empty store against a snapshot file, an
 // incremental save after 16 more tokens, and loading a name saved many
 // times against loading one file. Public API only.
@@ -89,6 +91,48 @@ std::string bench_store(kvrt_model* model, kvrt_session* s, const char* name, do
   return row;
 }
 
+uint64_t pool_used(const kvrt_runtime* rt) {
+  kvrt_runtime_stats rs{};
+  rs.struct_size = sizeof rs;
+  check(kvrt_runtime_get_stats(rt, &rs), "runtime stats");
+  return rs.kv_used_bytes;
+}
+
+// Suspends and resumes `s` in host memory and in a spill file in `dir`, at
+// zstd levels -1 (faster), 1 (the suspend default) and 3 (the save
+// default); one table row each.
+void bench_suspend(const kvrt_runtime* rt, kvrt_session* s, const char* name, int repeats,
+                   const std::string& dir, std::vector<std::string>& rows) {
+  for (int spill = 0; spill <= 1; ++spill)
+    for (int level : {-1, 1, 3}) {
+      kvrt_suspend_params p;
+      kvrt_suspend_default_params(&p);
+      p.compression_level = level;
+      p.spill_dir = spill ? dir.c_str() : nullptr;
+      std::vector<double> sus_t, res_t;
+      uint64_t held = 0, freed = 0;
+      for (int r = 0; r < repeats; ++r) {
+        const uint64_t before = pool_used(rt);
+        double a = now_s();
+        check(kvrt_session_suspend(s, &p), "suspend");
+        sus_t.push_back(now_s() - a);
+        freed = before - pool_used(rt);
+        kvrt_session_stats st{};
+        st.struct_size = sizeof st;
+        check(kvrt_session_get_stats(s, &st), "session stats");
+        held = st.suspended_bytes;
+        a = now_s();
+        check(kvrt_session_resume(s), "resume");
+        res_t.push_back(now_s() - a);
+      }
+      char row[256];
+      std::snprintf(row, sizeof row, "| %s | %s | %d | %.3f | %.2f | %.1f | %.1f |\n", name,
+                    spill ? "file" : "memory", level, double(held) / 1e6, double(freed) / 1e6,
+                    median(sus_t) * 1e3, median(res_t) * 1e3);
+      rows.push_back(row);
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,6 +165,7 @@ int main(int argc, char** argv) {
   const std::string path = dir + "/bench-snapshot.kvs";
   const std::string store_dir = dir + "/bench-snapshot-store";
   std::vector<std::string> store_rows;
+  std::vector<std::string> suspend_rows;
   std::printf("%u tokens, %d repeats (medians), %u threads, zstd level 3\n", n_tokens, repeats, threads);
   std::printf("| cache | raw KV MB | snapshot MB | ratio | save MB/s | load MB/s | file save ms | file load ms | prefill ms | prefill / load |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
@@ -172,10 +217,15 @@ int main(int argc, char** argv) {
                 raw / 1e6 / median(load_t), median(fsave_t) * 1e3, median(fload_t) * 1e3, prefill_s * 1e3,
                 prefill_s / median(fload_t));
     std::fflush(stdout);
+    bench_suspend(rt, s, names[f], repeats, dir, suspend_rows);
     if (f < 2) store_rows.push_back(bench_store(model, s, names[f], raw, double(si.total_bytes), median(fsave_t),
                                                 toks, repeats, store_dir, path));
     kvrt_session_destroy(s);
   }
+  std::printf("\nsuspend / resume, %u tokens, medians of %d\n", n_tokens, repeats);
+  std::printf("| cache | where | level | held MB | pool MB freed | suspend ms | resume ms |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const std::string& row : suspend_rows) std::printf("%s", row.c_str());
   std::printf("\nSession store (%u tokens, then saves after 16 more tokens each, medians of %d)\n", n_tokens, repeats);
   std::printf("| cache | file save ms | store full save ms | store full MB | store save MB/s | incremental save ms "
               "| incremental bytes | blocks written | file load ms | chain load ms |\n");
