@@ -1,6 +1,8 @@
 // The C ABI: argument checks, parameter structs read by struct_size, C++
 // exceptions turned into statuses and a thread-local message.
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -90,14 +92,28 @@ T read_params(const T* user, void (*defaults)(T*), const char* name) {
   return p;
 }
 
+// The size of a report struct's first published layout: fields are only
+// appended, so a caller compiled against an older header passes at least
+// this and gets the fields it knows.
+template <class T>
+constexpr size_t first_struct_size() {
+  return sizeof(T);
+}
+template <>
+constexpr size_t first_struct_size<kvrt_session_stats>() {
+  return offsetof(kvrt_session_stats, suspended);
+}
+
 // Checks an output struct's struct_size; returns the bytes to fill.
 template <class T>
 size_t out_size(const T* out, const char* name) {
   require(out, name);
-  if (out->struct_size < sizeof(T))
-    kvrt::fail(KVRT_ERR_STRUCT_SIZE, "%s->struct_size = %u is smaller than %zu", name,
-               out->struct_size, sizeof(T));
-  return sizeof(T);
+  const size_t first = first_struct_size<T>();
+  if (out->struct_size < first)
+    kvrt::fail(KVRT_ERR_STRUCT_SIZE, "%s->struct_size = %u is smaller than %zu (the struct's first size)", name,
+               out->struct_size, first);
+  // A caller built against an older header gets the fields it knows.
+  return std::min<size_t>(out->struct_size, sizeof(T));
 }
 
 void copy_text(char* dst, size_t cap, const char* src) {
@@ -702,7 +718,7 @@ KVRT_API kvrt_status kvrt_store_save(kvrt_store* store, kvrt_session* session, c
     require(store, "store");
     require(session, "session");
     kvrt::snap::check_store_name(name);
-    if (stats) out_size(stats, "stats");
+    const size_t n_stats = stats ? out_size(stats, "stats") : 0;
     kvrt::snap::WriteOptions o = snapshot_write_options(params);
     kvrt::snap::StoreSaveStats st;
     // A suspended session is resumed first (the store keys its blocks).
@@ -715,7 +731,7 @@ KVRT_API kvrt_status kvrt_store_save(kvrt_store* store, kvrt_session* session, c
       full.blocks_reused = st.blocks_reused;
       full.pack_bytes_written = st.pack_bytes;
       full.manifest_bytes = st.manifest_bytes;
-      std::memcpy(stats, &full, sizeof full);
+      std::memcpy(stats, &full, n_stats);
     }
   });
 }
