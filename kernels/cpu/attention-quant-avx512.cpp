@@ -508,12 +508,30 @@ inline void join_even_odd(__m512* e, __m512* o) {
   *o = b;
 }
 
-// acc[k] = alpha[k] * acc[k] + sum_t w[k][G][t] * code(t, c) (+ mb[k][G]
-// for q4) for K heads, 64 channels per pass; w is [k][G][kVRows].
+// Value rows of one run of n <= 16 rows: codes of the first row, its
+// per-token scales and minimums.
+struct VRun {
+  const uint8_t* v;
+  const uint16_t* sc;
+  const uint16_t* mn;
+  uint32_t n;
+};
+
+// Runs of 16 rows scored before one online-softmax update (64 scores per
+// head: one maximum, one rescale of the accumulators).
+constexpr uint32_t kMaxRuns = 4;
+
+// acc[k] = alpha[k] * acc[k] + sum over runs r and rows t of
+// w[k][r][G][t] * code(r, t, c) (+ mb[k][G] for q4) for K heads, 64 channels
+// per pass, the accumulators held in registers over all runs; w is
+// [k][kMaxRuns][G][kVRows]. Out of line: inlined into softmax_values, whose
+// live vectors leave too few registers, the q8 loop spilled its inputs
+// (measured 10% slower for the whole q8 step).
 template <uint32_t VF, int K>
-inline void values_vnni(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* w,
+__attribute__((noinline)) void values_vnni(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd, const float* w,
                         const float* mb, const float* alpha, float* acc) {
   const uint32_t ngv = hd / 32;
+  const size_t wk = (size_t)kMaxRuns * ngv * kVRows;  // floats per head in w
   for (uint32_t c0 = 0; c0 < hd; c0 += 64) {
     const uint32_t G0 = c0 / 32;
     __m512 a[K][4];
@@ -526,26 +544,30 @@ inline void values_vnni(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd
         split_even_odd(&a[k][2], &a[k][3]);
       }
     }
-    for (uint32_t t = 0; t < n; ++t) {
-      const uint8_t* r = codes + t * rb;
-      __m512 x[4];
-      if constexpr (VF == kKvqQ8) {
-        for (int u = 0; u < 4; ++u)
-          x[u] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(r + c0 + 16 * u))));
-      } else {
-        for (int h = 0; h < 2; ++h) {
-          const __m512i y = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(r + c0 / 2 + 16 * h)));
-          x[2 * h] = _mm512_cvtepi32_ps(_mm512_and_si512(y, _mm512_set1_epi32(0x0f)));
-          x[2 * h + 1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(y, 4));
+    for (uint32_t r = 0; r < nr; ++r) {
+      const uint8_t* codes = runs[r].v;
+      const float* wr = w + ((size_t)r * ngv + G0) * kVRows;
+      for (uint32_t t = 0; t < runs[r].n; ++t) {
+        const uint8_t* row = codes + t * rb;
+        __m512 x[4];
+        if constexpr (VF == kKvqQ8) {
+          for (int u = 0; u < 4; ++u)
+            x[u] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(row + c0 + 16 * u))));
+        } else {
+          for (int h = 0; h < 2; ++h) {
+            const __m512i y = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + c0 / 2 + 16 * h)));
+            x[2 * h] = _mm512_cvtepi32_ps(_mm512_and_si512(y, _mm512_set1_epi32(0x0f)));
+            x[2 * h + 1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(y, 4));
+          }
         }
-      }
-      for (int k = 0; k < K; ++k) {
-        const float* wk = w + ((size_t)k * ngv + G0) * kVRows + t;
-        const __m512 w0 = _mm512_set1_ps(wk[0]), w1 = _mm512_set1_ps(wk[kVRows]);
-        a[k][0] = _mm512_fmadd_ps(w0, x[0], a[k][0]);
-        a[k][1] = _mm512_fmadd_ps(w0, x[1], a[k][1]);
-        a[k][2] = _mm512_fmadd_ps(w1, x[2], a[k][2]);
-        a[k][3] = _mm512_fmadd_ps(w1, x[3], a[k][3]);
+        for (int k = 0; k < K; ++k) {
+          const float* wt = wr + k * wk + t;
+          const __m512 w0 = _mm512_set1_ps(wt[0]), w1 = _mm512_set1_ps(wt[kVRows]);
+          a[k][0] = _mm512_fmadd_ps(w0, x[0], a[k][0]);
+          a[k][1] = _mm512_fmadd_ps(w0, x[1], a[k][1]);
+          a[k][2] = _mm512_fmadd_ps(w1, x[2], a[k][2]);
+          a[k][3] = _mm512_fmadd_ps(w1, x[3], a[k][3]);
+        }
       }
     }
     for (int k = 0; k < K; ++k) {
@@ -563,83 +585,121 @@ inline void values_vnni(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd
   }
 }
 
-// One run of n <= 16 rows for NG heads; kc and the int8 query are ready.
-template <uint32_t KF, uint32_t VF, uint32_t NG>
-KVRT_VNNI void run_vnni(const __m512i* kc, const uint8_t* vcodes, size_t rbv, const uint16_t* vsc,
-              const uint16_t* vmin, uint32_t ngv, uint32_t n, uint32_t hd, const uint8_t* qb,
-              const float* dq, const float* bias, float* m, float* l, float* acc) {
-  // Per-token value scales (and minimums) as floats, zero past n.
-  alignas(64) float sf[kVRows * kMaxG32], mf[kVRows * kMaxG32];
-  for (uint32_t i = 0; i < kVRows * ngv; i += 16) {
-    const __mmask16 k = i < n * ngv ? tail_mask(n * ngv - i) : 0;
-    _mm512_store_ps(sf + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, vsc + i)));
-    if constexpr (VF == kKvqQ4)
-      _mm512_store_ps(mf + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, vmin + i)));
+// One online-softmax update of NG heads over the scores s[r][g] of nr runs
+// (lanes past a run's rows are -inf), then the values of those runs.
+template <uint32_t VF, uint32_t NG>
+void softmax_values(__m512 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, uint32_t hd,
+                    float* m, float* l, float* acc) {
+  const uint32_t ngv = hd / 32;
+  __m512 mx[8];
+  for (uint32_t g = 0; g < 8; ++g) mx[g] = g < NG ? s[0][g] : _mm512_set1_ps(-INFINITY);
+  for (uint32_t r = 1; r < nr; ++r)
+    for (uint32_t g = 0; g < NG; ++g) mx[g] = _mm512_max_ps(mx[g], s[r][g]);
+  alignas(64) float f[16], dm[16];
+  _mm512_store_ps(f, reduce8<true>(mx));
+  _mm512_store_ps(dm, _mm512_set1_ps(-INFINITY));
+  // alpha = e^(m_old - m_new): 0 for the first update (m_old = -inf), 1
+  // exactly when the maximum stays (exp_neg(0) = 1), one vector for all heads.
+  float m_new[NG];
+  for (uint32_t g = 0; g < NG; ++g) {
+    const float mxg = f[lane8(g)];
+    m_new[g] = mxg > m[g] ? mxg : m[g];
+    dm[g] = m[g] - m_new[g];
+    m[g] = m_new[g];
   }
-  const __mmask16 live = tail_mask(n);
-  __m512 s[8];
-  for (uint32_t g0 = 0; g0 < NG; g0 += 4) {
-    constexpr int K = NG < 4 ? (int)NG : 4;
-    scores_vnni<KF, K>(kc, hd, qb + (size_t)g0 * kQBytes<KF> * hd, dq + (size_t)g0 * ngv, bias + g0, s + g0);
-  }
-  // Online softmax: lanes past n are -inf for the maximum and weigh 0.
-  for (uint32_t g = 0; g < 8; ++g)
-    s[g] = g < NG ? _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, s[g]) : _mm512_set1_ps(-INFINITY);
-  alignas(64) float f[16];
-  _mm512_store_ps(f, reduce8<true>(s));
-  float alpha[NG];
-  __m512 p[8];
-  for (uint32_t g = 0; g < 8; ++g) {
-    if (g >= NG) {
-      p[g] = _mm512_setzero_ps();
-      continue;
+  alignas(64) float alpha[16];
+  _mm512_store_ps(alpha, exp_neg(_mm512_load_ps(dm)));
+  __m512 sum[8];
+  for (uint32_t g = 0; g < 8; ++g) sum[g] = _mm512_setzero_ps();
+  for (uint32_t r = 0; r < nr; ++r)
+    for (uint32_t g = 0; g < NG; ++g) {
+      // -inf lanes give exp_neg = 0.
+      s[r][g] = exp_neg(_mm512_sub_ps(s[r][g], _mm512_set1_ps(m_new[g])));
+      sum[g] = _mm512_add_ps(sum[g], s[r][g]);
     }
-    const float mx = f[lane8(g)], m_new = mx > m[g] ? mx : m[g];
-    alpha[g] = m[g] == -INFINITY ? 0.0f : (m_new > m[g] ? __builtin_expf(m[g] - m_new) : 1.0f);
-    m[g] = m_new;
-    p[g] = _mm512_maskz_mov_ps(live, exp_neg(_mm512_sub_ps(s[g], _mm512_set1_ps(m_new))));
-  }
-  _mm512_store_ps(f, reduce8<false>(p));
+  _mm512_store_ps(f, reduce8<false>(sum));
   for (uint32_t g = 0; g < NG; ++g) l[g] = l[g] * alpha[g] + f[lane8(g)];
-  // Weights with the value scales folded in, [g][G][t]; q4: sum_t p * min.
-  alignas(64) float w[NG * kMaxG32 * kVRows];
+  // Weights with the value scales folded in, [g][r][G][t]; q4: sum_t p * min.
+  alignas(64) float w[NG * kMaxRuns * kMaxG32 * kVRows];
   float mb[NG * kMaxG32];
   __m512 pm[NG * kMaxG32];
-  for (uint32_t G = 0; G < ngv; ++G) {
-    const __m512 vs = token_lanes(sf, ngv, G);
-    const __m512 vm = VF == kKvqQ4 ? token_lanes(mf, ngv, G) : _mm512_setzero_ps();
-    for (uint32_t g = 0; g < NG; ++g) {
-      _mm512_store_ps(w + ((size_t)g * ngv + G) * kVRows, _mm512_mul_ps(p[g], vs));
-      if constexpr (VF == kKvqQ4) pm[g * ngv + G] = _mm512_mul_ps(p[g], vm);
+  if constexpr (VF == kKvqQ4)
+    for (uint32_t i = 0; i < NG * ngv; ++i) pm[i] = _mm512_setzero_ps();
+  for (uint32_t r = 0; r < nr; ++r) {
+    // Per-token value scales (and minimums) as floats, zero past n.
+    alignas(64) float sf[kVRows * kMaxG32], mf[kVRows * kMaxG32];
+    const uint32_t n = runs[r].n;
+    for (uint32_t i = 0; i < kVRows * ngv; i += 16) {
+      const __mmask16 k = i < n * ngv ? tail_mask(n * ngv - i) : 0;
+      _mm512_store_ps(sf + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, runs[r].sc + i)));
+      if constexpr (VF == kKvqQ4)
+        _mm512_store_ps(mf + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, runs[r].mn + i)));
+    }
+    for (uint32_t G = 0; G < ngv; ++G) {
+      const __m512 vs = token_lanes(sf, ngv, G);
+      const __m512 vm = VF == kKvqQ4 ? token_lanes(mf, ngv, G) : _mm512_setzero_ps();
+      for (uint32_t g = 0; g < NG; ++g) {
+        _mm512_store_ps(w + (((size_t)g * kMaxRuns + r) * ngv + G) * kVRows, _mm512_mul_ps(s[r][g], vs));
+        if constexpr (VF == kKvqQ4) pm[g * ngv + G] = _mm512_fmadd_ps(s[r][g], vm, pm[g * ngv + G]);
+      }
     }
   }
   if constexpr (VF == kKvqQ4) reduce_n<false>(pm, NG * ngv, mb);
   for (uint32_t g = 0; g < NG; g += 4) {
     constexpr int K = NG < 4 ? (int)NG : 4;
-    values_vnni<VF, K>(vcodes, rbv, n, hd, w + (size_t)g * ngv * kVRows, mb + (size_t)g * ngv,
-                       alpha + g, acc + (size_t)g * hd);
+    values_vnni<VF, K>(runs, nr, rbv, hd, w + (size_t)g * kMaxRuns * ngv * kVRows,
+                       mb + (size_t)g * ngv, alpha + g, acc + (size_t)g * hd);
   }
 }
 
+// Scores s[g] of NG heads for n <= 16 rows of keys against the rounded
+// query; lanes past n are -inf for the maximum and weigh 0. Out of line:
+// inlined into the block loop it measured a few percent slower for q8 keys.
+template <uint32_t KF, uint32_t NG>
+KVRT_VNNI __attribute__((noinline)) void score_run(const uint8_t* kcodes, size_t rbk, uint32_t n, uint32_t hd,
+                         const uint8_t* qb, const float* dq, const float* bias, __m512* s) {
+  const uint32_t ngv = hd / 32;
+  __m512i kc[kQAttnMaxHeadDim / 4];
+  key_vectors<KF>(kcodes, rbk, n, hd, kc);
+  for (uint32_t g0 = 0; g0 < NG; g0 += 4) {
+    constexpr int K = NG < 4 ? (int)NG : 4;
+    scores_vnni<KF, K>(kc, hd, qb + (size_t)g0 * kQBytes<KF> * hd, dq + (size_t)g0 * ngv,
+                       bias + g0, s + g0);
+  }
+  const __mmask16 live = tail_mask(n);
+  for (uint32_t g = 0; g < NG; ++g) s[g] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, s[g]);
+}
+
+// Blocks in runs of up to 16 rows: the query folded and rounded per block
+// (the key scales are per block), keys scored per run, and the softmax
+// update and values done per kMaxRuns runs.
 template <uint32_t KF, uint32_t VF, uint32_t NG>
-KVRT_VNNI void block_q_t(const uint8_t* kcodes, size_t rbk, const uint16_t* ksc, const uint8_t* vcodes,
-               size_t rbv, const uint16_t* vsc, const uint16_t* vmin, uint32_t ngv, uint32_t n,
-               uint32_t hd, const float* q, float scale, float* m, float* l, float* acc) {
+KVRT_VNNI void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, uint32_t hd,
+                         const float* q, float scale, float* m, float* l, float* acc) {
+  const uint32_t ngv = hd / 32;
   alignas(64) uint8_t qb[NG * kQBytes<KF> * kQAttnMaxHeadDim];
   float dq[NG * kMaxG32], bias[NG];
-  prep_query<KF, NG>(q, scale, ksc, hd, qb, dq, bias);
-  __m512i kc[kQAttnMaxHeadDim / 4];
-  for (uint32_t t0 = 0; t0 < n; t0 += kVRows) {
-    const uint32_t nr = n - t0 < kVRows ? n - t0 : kVRows;
-    key_vectors<KF>(kcodes + t0 * rbk, rbk, nr, hd, kc);
-    run_vnni<KF, VF, NG>(kc, vcodes + t0 * rbv, rbv, vsc + (size_t)t0 * ngv,
-                         vmin + (size_t)t0 * ngv, ngv, nr, hd, qb, dq, bias, m, l, acc);
+  __m512 s[kMaxRuns][8];
+  VRun runs[kMaxRuns];
+  uint32_t nr = 0;
+  for (uint32_t i = 0; i < nb; ++i) {
+    const QAttnBlock& B = blocks[i];
+    prep_query<KF, NG>(q, scale, B.k_scales, hd, qb, dq, bias);
+    for (uint32_t t0 = 0; t0 < B.n; t0 += kVRows) {
+      const uint32_t n = B.n - t0 < kVRows ? B.n - t0 : kVRows;
+      score_run<KF, NG>(B.k + t0 * rbk, rbk, n, hd, qb, dq, bias, s[nr]);
+      runs[nr++] = {B.v + t0 * rbv, B.v_scales + (size_t)t0 * ngv, B.v_mins + (size_t)t0 * ngv, n};
+      if (nr == kMaxRuns) {
+        softmax_values<VF, NG>(s, runs, nr, rbv, hd, m, l, acc);
+        nr = 0;
+      }
+    }
   }
+  if (nr) softmax_values<VF, NG>(s, runs, nr, rbv, hd, m, l, acc);
 }
 
-using BlockQFn = void (*)(const uint8_t*, size_t, const uint16_t*, const uint8_t*, size_t,
-                          const uint16_t*, const uint16_t*, uint32_t, uint32_t, uint32_t,
-                          const float*, float, float*, float*, float*);
+using BlockQFn = void (*)(const QAttnBlock*, uint32_t, size_t, size_t, uint32_t, const float*,
+                          float, float*, float*, float*);
 
 template <uint32_t KF, uint32_t VF>
 BlockQFn pick_ng(uint32_t ng) {
@@ -658,16 +718,15 @@ bool block_q_takes(uint32_t hd, uint32_t ng) {
   return hd % 64 == 0 && hd <= kQAttnMaxHeadDim && (ng == 1 || ng == 2 || ng == 4 || ng == 8);
 }
 
-bool block_q(uint32_t kfmt, uint32_t vfmt, const uint8_t* kcodes, size_t rbk, const uint16_t* ksc,
-             const uint8_t* vcodes, size_t rbv, const uint16_t* vsc, const uint16_t* vmin,
-             uint32_t ngv, uint32_t n, uint32_t hd, const float* q, float scale, uint32_t ng,
+bool block_q(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
+             size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale, uint32_t ng,
              float* m, float* l, float* acc) {
   if (!block_q_takes(hd, ng) || ngv != hd / 32) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
   const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
                         : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));
   if (!f) return false;
-  f(kcodes, rbk, ksc, vcodes, rbv, vsc, vmin, ngv, n, hd, q, scale, m, l, acc);
+  f(blocks, nb, rbk, rbv, hd, q, scale, m, l, acc);
   return true;
 }
 

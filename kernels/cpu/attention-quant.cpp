@@ -163,14 +163,37 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
       __builtin_prefetch((const void*)x, 0, 3);
   };
   for (uint32_t pb = t0 / bt; pb < t0 / bt + kPrefetchBlocks; ++pb) prefetch(pb);
+  const bool rounded = op.block_q && op.block_q_takes(hd, ngh);
   for (uint32_t b = t0 / bt; t0 < t1 && b * bt < t1; ++b) {
+    // The rounded-query step takes up to kQAttnBatchBlocks quantized blocks
+    // per call (rows [lo, hi) of each), so its softmax update is shared.
+    if (rounded && b < qa.n_quant_blocks) {
+      QAttnBlock blk[kQAttnBatchBlocks];
+      uint32_t nb = 0;
+      for (; nb < kQAttnBatchBlocks && b + nb < qa.n_quant_blocks && (b + nb) * bt < t1; ++nb) {
+        const uint32_t bb = b + nb;
+        prefetch(bb + kPrefetchBlocks);
+        const uint8_t* kp = a.blocks[bb] + koff;
+        const uint8_t* vp = a.blocks[bb] + voff;
+        const uint16_t* vsc = (const uint16_t*)(vp + kvq_scale_offset(L.v_format, bt, hd));
+        const uint32_t lo = bb * bt > t0 ? bb * bt : t0;
+        const uint32_t hi = (bb + 1) * bt < t1 ? (bb + 1) * bt : t1, j0 = lo - bb * bt;
+        blk[nb] = {kp + j0 * rbk, (const uint16_t*)(kp + kvq_scale_offset(L.k_format, bt, hd)),
+                   vp + j0 * rbv, vsc + (size_t)j0 * ngv, vsc + (size_t)(bt + j0) * ngv, hi - lo};
+      }
+      if (op.block_q(L.k_format, L.v_format, blk, nb, rbk, rbv, ngv, hd, q0, a.scale, ngh, m, l,
+                     acc)) {
+        b += nb - 1;
+        continue;
+      }
+    }
     prefetch(b + kPrefetchBlocks);
     const bool quant = b < qa.n_quant_blocks;
     const uint8_t* kp;
     const uint8_t* vp;
     if (quant) {
-      kp = a.blocks[b] + kv_k_offset(L, a.layer, kv_head);
-      vp = a.blocks[b] + kv_v_offset(L, a.layer, kv_head);
+      kp = a.blocks[b] + koff;
+      vp = a.blocks[b] + voff;
     } else {
       kp = qa.stage + kv_k_offset(*qa.stage_layout, a.layer, kv_head);
       vp = qa.stage + kv_v_offset(*qa.stage_layout, a.layer, kv_head);
@@ -179,14 +202,6 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
     const uint16_t* vsc = (const uint16_t*)(vp + kvq_scale_offset(L.v_format, bt, hd));
     const uint16_t* vmin = vsc + (size_t)bt * ngv;
     const uint32_t lo = b * bt > t0 ? b * bt : t0, hi = (b + 1) * bt < t1 ? (b + 1) * bt : t1;
-    // The rounded-query step takes the block's rows [lo, hi) in one call
-    // (it folds the query itself, once per call).
-    const uint32_t j0 = lo - b * bt;
-    if (quant && op.block_q && op.block_q_takes(hd, ngh) &&
-        op.block_q(L.k_format, L.v_format, kp + j0 * rbk, rbk, ksc, vp + j0 * rbv, rbv,
-                   vsc + (size_t)j0 * ngv, vmin + (size_t)j0 * ngv, ngv, hi - lo, hd, q0, a.scale,
-                   ngh, m, l, acc))
-      continue;
     // Fold the per-channel key scales (and, for q4, the minimums) into the
     // query once per block: s = sum_c (q_c scale_c) code_c + sum_c q_c min_c.
     if (quant) {

@@ -40,6 +40,20 @@ constexpr uint32_t kQAttnChunk = 64;
 // Query heads of one KV head processed per pass over a block (ng <= this).
 constexpr uint32_t kQAttnGroupChunk = 8;
 
+// Rows of one quantized block for QAttnOps::block_q: key and value codes of
+// the first row, the block's key scales (q4: then minimums), the value scales
+// and minimums of the first row, and the row count.
+struct QAttnBlock {
+  const uint8_t* k;
+  const uint16_t* k_scales;
+  const uint8_t* v;
+  const uint16_t* v_scales;
+  const uint16_t* v_mins;
+  uint32_t n;
+};
+// Blocks per QAttnOps::block_q call.
+constexpr uint32_t kQAttnBatchBlocks = 4;
+
 // The inner loops, one table per ISA level (scalar reference, AVX2, AVX-512;
 // `block` may be null, `fold` is always set). Each
 // works on `ng` query heads at once so a row of codes is converted once.
@@ -74,17 +88,17 @@ struct QAttnOps {
   // qs[g * hd + c] = q * scale * kscale_c, bias[g] = scale * sum_c q * kmin_c.
   void (*fold)(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_format,
                const uint16_t* k_scales, float* qs, float* bias);
-  // Optional fused step over n rows of one quantized block (any n <= the
-  // block's tokens) that folds the query itself (q unscaled, k_scales as
-  // for fold) and rounds the folded query per 32 channels (int8 against q4
-  // keys, 15 bits against q8; docs/quantization.md gives the error bound). Tried before fold+block
-  // for the shapes block_q_takes(hd, ng) accepts; returns false otherwise.
+  // Optional fused step over nb <= kQAttnBatchBlocks quantized blocks (rows
+  // blocks[i].n <= the block's tokens of each) that folds the query itself
+  // per block (q unscaled, k_scales as for fold), rounds the folded query
+  // per 32 channels (int8 against q4 keys, 15 bits against q8; the error
+  // bound is in docs/quantization.md) and updates the online softmax once per
+  // 64 scored rows rather than once per block. Tried before fold+block for
+  // the shapes block_q_takes(hd, ng) accepts; returns false otherwise.
   bool (*block_q_takes)(uint32_t hd, uint32_t ng);
-  bool (*block_q)(uint32_t k_format, uint32_t v_format, const uint8_t* k_codes, size_t rbk,
-                  const uint16_t* k_scales, const uint8_t* v_codes, size_t rbv,
-                  const uint16_t* v_scales, const uint16_t* v_mins, uint32_t ngv, uint32_t n,
-                  uint32_t hd, const float* q, float scale, uint32_t ng, float* m, float* l,
-                  float* acc);
+  bool (*block_q)(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks, uint32_t nb,
+                  size_t rbk, size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale,
+                  uint32_t ng, float* m, float* l, float* acc);
 };
 
 // Scratch floats per converted K or V run of the fused step (on the stack).
