@@ -2,7 +2,11 @@
 // q8 and q4 caches, one query over a long context, through the CPU backend.
 // Build: c++ -O2 -std=c++20 -I. -Isrc -Iinclude tests/unit/bench-attention-quant.cpp
 //        BUILD/src/libkvrt.a -lpthread -o bench-attention-quant
-// Run:   bench-attention-quant [THREADS[,THREADS...] [DEPTH[,DEPTH...] [REPEATS]]]
+// Run:   bench-attention-quant [THREADS[,THREADS...] [DEPTH[,DEPTH...] [REPEATS [LAYERS]]]]
+// LAYERS (default 1): layers per block. The engine's blocks hold every layer
+// (12 for the synthetic model), so one layer's parts of successive blocks
+// are a block apart; with 1 they sit back to back, which flatters hardware
+// prefetch. The middle layer is timed.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -44,9 +48,10 @@ struct Bench {
   size_t bytes = 0;  // cache bytes one call reads
 };
 
-void fill(Bench& b, uint32_t fmt, uint32_t depth) {
-  kv_layout_init(&b.lay, 1, kKv, kHd, kBt, fmt, fmt);
-  kv_layout_init(&b.stage_lay, 1, kKv, kHd, kBt, KV_F16, KV_F16);
+void fill(Bench& b, uint32_t fmt, uint32_t depth, uint32_t layers) {
+  kv_layout_init(&b.lay, layers, kKv, kHd, kBt, fmt, fmt);
+  kv_layout_init(&b.stage_lay, layers, kKv, kHd, kBt, KV_F16, KV_F16);
+  const uint32_t layer = layers / 2;
   const uint32_t n_blocks = (depth + kBt - 1) / kBt;
   // Separate allocations per block, like pool slabs, filled with codes of
   // random data (the speed does not depend on the values).
@@ -61,11 +66,11 @@ void fill(Bench& b, uint32_t fmt, uint32_t depth) {
     for (uint32_t h = 0; h < kKv; ++h) {
       for (auto& f : rows) f = rnd();
       if (fmt == KV_F16) {
-        kv_store(KV_F16, blk.data() + kv_k_offset(b.lay, 0, h), rows.data(), rows.size());
-        kv_store(KV_F16, blk.data() + kv_v_offset(b.lay, 0, h), rows.data(), rows.size());
+        kv_store(KV_F16, blk.data() + kv_k_offset(b.lay, layer, h), rows.data(), rows.size());
+        kv_store(KV_F16, blk.data() + kv_v_offset(b.lay, layer, h), rows.data(), rows.size());
       } else {
-        kvq_quantize_k(fmt, blk.data() + kv_k_offset(b.lay, 0, h), rows.data(), kHd, kBt, kBt, kHd);
-        kvq_quantize_v(fmt, blk.data() + kv_v_offset(b.lay, 0, h), rows.data(), kHd, kBt, kBt, kHd);
+        kvq_quantize_k(fmt, blk.data() + kv_k_offset(b.lay, layer, h), rows.data(), kHd, kBt, kBt, kHd);
+        kvq_quantize_v(fmt, blk.data() + kv_v_offset(b.lay, layer, h), rows.data(), kHd, kBt, kBt, kHd);
       }
     }
     b.ptrs.push_back(blk.data());
@@ -93,10 +98,11 @@ int main(int argc, char** argv) {
   list(argc > 1 ? argv[1] : "1,2", threads);
   list(argc > 2 ? argv[2] : "4096,16384", depths);
   const int reps = argc > 3 ? std::atoi(argv[3]) : 31;
+  const uint32_t layers = argc > 4 ? (uint32_t)std::max(1, std::atoi(argv[4])) : 1;
   const uint32_t fmts[3] = {KV_F16, KV_Q8, KV_Q4};
   const char* names[3] = {"f16", "q8", "q4"};
-  std::printf("%u heads / %u KV heads of %u, blocks of %u; medians of %d calls, formats interleaved\n",
-              kHeads, kKv, kHd, kBt, reps);
+  std::printf("%u heads / %u KV heads of %u, blocks of %u tokens x %u layer%s; medians of %d calls, formats interleaved\n",
+              kHeads, kKv, kHd, kBt, layers, layers == 1 ? "" : "s", reps);
   std::printf("%3s %7s %4s %10s %8s %8s %10s\n", "thr", "depth", "kv", "us/layer", "GB/s", "vs f16",
               "cpu us/1t");
   for (uint32_t nt : threads) {
@@ -104,7 +110,7 @@ int main(int argc, char** argv) {
     kvrt::CpuBackend be(pool);
     for (uint32_t depth : depths) {
       Bench b[3];
-      for (int f = 0; f < 3; ++f) fill(b[f], fmts[f], depth);
+      for (int f = 0; f < 3; ++f) fill(b[f], fmts[f], depth, layers);
       std::vector<float> q(kHeads * kHd), out(q.size());
       for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.37 * (double)i);
       kvrt::BackendScratch s;
@@ -118,6 +124,7 @@ int main(int argc, char** argv) {
       for (int f = 0; f < 3; ++f) {
         a[f] = AttnArgs{};
         a[f].layout = &b[f].lay;
+        a[f].layer = layers / 2;
         a[f].blocks = b[f].ptrs.data();
         a[f].q = q.data();
         a[f].out = out.data();
