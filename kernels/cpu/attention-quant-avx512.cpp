@@ -11,26 +11,18 @@
 #include "../common/fp16.h"
 #include "../common/kv-quant.h"
 #include "attention-quant.h"
+#include "simd-avx512.h"
 
 namespace kvrt_k {
 
 namespace {
 
+using namespace avx512_simd;
+
 constexpr uint32_t C = kQAttnChunk;
 constexpr uint32_t kMaxNg = kQAttnGroupChunk;
 // Scratch rows past n are zero so scoring can always take four tokens.
 constexpr uint32_t kPadRows = 3;
-
-// Lane i of the result = sum of the 16 lanes of v_i.
-inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  auto half = [](__m512 v) {
-    return _mm256_add_ps(_mm512_castps512_ps256(v),
-                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  };
-  __m256 ab = _mm256_hadd_ps(half(a), half(b)), cd = _mm256_hadd_ps(half(c), half(d));
-  __m256 abcd = _mm256_hadd_ps(ab, cd);
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
 
 // 16 bytes of nibbles (channel 2j low, 2j+1 high) -> channels 0..15 and 16..31.
 inline void unpack_u4(const uint8_t* p, __m512* lo16, __m512* hi16) {
@@ -153,31 +145,6 @@ inline void by_four(uint32_t ng, F f) {
       default: f(g, std::integral_constant<int, 4>{}); break;
     }
   }
-}
-
-// e^x for x <= 0 (as the AVX2 version: degree-6 polynomial after a reduction
-// by ln 2; x < -87 gives 0).
-inline __m512 exp_neg(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.0f);
-  const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  x = _mm512_max_ps(x, lo);
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 y = _mm512_set1_ps(1.0f / 720);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 120));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 24));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 6));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps((__mmask16)~under, y, _mm512_castsi512_ps(e));
-}
-
-inline __mmask16 tail_mask(uint32_t left) {
-  return (__mmask16)(left >= 16 ? 0xffffu : (1u << left) - 1);
 }
 
 template <uint32_t KF, uint32_t VF>

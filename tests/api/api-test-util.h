@@ -178,4 +178,77 @@ static inline int32_t tu_argmax(const float* v, size_t n) {
   return (int32_t)best;
 }
 
+/* ---- byte buffers, files, snapshots, continuations (snapshot tests) ---- */
+
+typedef struct tu_bytes {
+  uint8_t* p;
+  size_t n, cap;
+} tu_bytes;
+
+static inline void tu_bytes_append(tu_bytes* b, const void* d, size_t n) {
+  if (b->n + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + n) cap *= 2;
+    b->p = (uint8_t*)realloc(b->p, cap);
+    assert_non_null(b->p);
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, d, n);
+  b->n += n;
+}
+
+/* The whole file; fails the test when it cannot be read. */
+static inline tu_bytes tu_read_file(const char* path) {
+  tu_bytes b = {0};
+  uint8_t tmp[65536];
+  size_t k;
+  FILE* f = fopen(path, "rb");
+  if (!f) fail_msg("cannot open %s", path);
+  while ((k = fread(tmp, 1, sizeof tmp, f)) > 0) tu_bytes_append(&b, tmp, k);
+  fclose(f);
+  if (!b.p) b.p = (uint8_t*)calloc(1, 1); /* an empty file is a valid, empty buffer */
+  return b;
+}
+
+static inline void tu_write_file(const char* path, const void* d, size_t n) {
+  FILE* f = fopen(path, "wb");
+  if (!f) fail_msg("cannot create %s", path);
+  if (n) assert_int_equal(fwrite(d, 1, n, f), n);
+  assert_int_equal(fclose(f), 0);
+}
+
+/* A snapshot of s in a new buffer, through the size query. */
+static inline tu_bytes tu_save_buffer(kvrt_session* s, const kvrt_snapshot_params* p) {
+  tu_bytes b = {0};
+  size_t need = 0, got = 0;
+  assert_int_equal(kvrt_session_save_buffer(s, NULL, 0, &need, p), KVRT_OK);
+  assert_true(need > 0);
+  b.p = (uint8_t*)malloc(need);
+  assert_non_null(b.p);
+  b.cap = need;
+  assert_int_equal(kvrt_session_save_buffer(s, b.p, need, &got, p), KVRT_OK);
+  assert_int_equal(got, need);
+  b.n = got;
+  return b;
+}
+
+/* Continues s for n steps from the logits `last` (test-model vocabulary):
+ * greedy, or through the session's sampler; records every step's token and
+ * logits (n rows of TM_N_VOCAB). */
+static inline void tu_run_steps(kvrt_session* s, const float* last, int n, int sample, float* logits,
+                                int32_t* toks) {
+  int i;
+  const float* prev = last;
+  for (i = 0; i < n; ++i) {
+    int32_t t;
+    if (sample)
+      assert_int_equal(kvrt_session_sample(s, prev, TM_N_VOCAB, &t), KVRT_OK);
+    else
+      t = tu_argmax(prev, TM_N_VOCAB);
+    toks[i] = t;
+    assert_int_equal(kvrt_decode_step(s, &t, 1, logits + (size_t)i * TM_N_VOCAB, TM_N_VOCAB), KVRT_OK);
+    prev = logits + (size_t)i * TM_N_VOCAB;
+  }
+}
+
 #endif /* KVRT_API_TEST_UTIL_H */

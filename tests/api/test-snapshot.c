@@ -21,43 +21,10 @@ static char g_dir[512];
 
 /* ---- small helpers ------------------------------------------------------ */
 
-typedef struct bytes {
-  uint8_t* p;
-  size_t n, cap;
-} bytes;
-
-static void bytes_append(bytes* b, const void* d, size_t n) {
-  if (b->n + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->n + n) cap *= 2;
-    b->p = realloc(b->p, cap);
-    assert_non_null(b->p);
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, d, n);
-  b->n += n;
-}
+typedef tu_bytes bytes;
 
 static void path_in_dir(char* out, size_t cap, const char* name) {
   snprintf(out, cap, "%s/%s", g_dir, name);
-}
-
-static bytes read_file(const char* path) {
-  bytes b = {0};
-  uint8_t tmp[65536];
-  size_t k;
-  FILE* f = fopen(path, "rb");
-  if (!f) fail_msg("cannot open %s: %s", path, strerror(errno));
-  while ((k = fread(tmp, 1, sizeof tmp, f)) > 0) bytes_append(&b, tmp, k);
-  fclose(f);
-  return b;
-}
-
-static void write_file(const char* path, const void* d, size_t n) {
-  FILE* f = fopen(path, "wb");
-  if (!f) fail_msg("cannot create %s: %s", path, strerror(errno));
-  if (n) assert_int_equal(fwrite(d, 1, n, f), n);
-  assert_int_equal(fclose(f), 0);
 }
 
 static int count_temp_files(const char* prefix, off_t* size);
@@ -74,37 +41,6 @@ static void feed(kvrt_session* s, const int32_t* t, size_t n, int one_call, floa
   for (i = 0; i < n; ++i) EXPECT_OK(kvrt_decode_step(s, &t[i], 1, logits, TM_N_VOCAB));
 }
 
-/* Continues for n steps from the logits `last`: greedy or sampled; records
- * every step's token and logits. */
-static void run_steps(kvrt_session* s, const float* last, int n, int sample, float* logits,
-                      int32_t* toks) {
-  int i;
-  const float* prev = last;
-  for (i = 0; i < n; ++i) {
-    int32_t t;
-    if (sample)
-      EXPECT_OK(kvrt_session_sample(s, prev, TM_N_VOCAB, &t));
-    else
-      t = tu_argmax(prev, TM_N_VOCAB);
-    toks[i] = t;
-    EXPECT_OK(kvrt_decode_step(s, &t, 1, logits + (size_t)i * TM_N_VOCAB, TM_N_VOCAB));
-    prev = logits + (size_t)i * TM_N_VOCAB;
-  }
-}
-
-static bytes save_buffer(kvrt_session* s, const kvrt_snapshot_params* p) {
-  bytes b = {0};
-  size_t need = 0, got = 0;
-  EXPECT_OK(kvrt_session_save_buffer(s, NULL, 0, &need, p));
-  assert_true(need > 0);
-  b.p = malloc(need);
-  b.cap = need;
-  EXPECT_OK(kvrt_session_save_buffer(s, b.p, need, &got, p));
-  assert_int_equal(got, need);
-  b.n = got;
-  return b;
-}
-
 /* Write callback collecting into a `bytes`, failing after `fail_after`
  * calls when that is not negative. */
 typedef struct writer {
@@ -118,7 +54,7 @@ static int write_cb(void* user, const void* d, size_t n) {
   if (n == 0) return 99; /* the contract says never 0 bytes */
   if (w->fail_after >= 0 && w->calls >= w->fail_after) return -1;
   ++w->calls;
-  bytes_append(&w->out, d, n);
+  tu_bytes_append(&w->out, d, n);
   return 0;
 }
 
@@ -169,10 +105,10 @@ static kvrt_session* save_and_load(kvrt_session* s, enum method m, bytes* saved)
     path_in_dir(path, sizeof path, "roundtrip.kvs");
     EXPECT_OK(kvrt_session_save(s, path, NULL));
     EXPECT_OK(kvrt_session_load(g_model, path, NULL, &out));
-    *saved = read_file(path);
+    *saved = tu_read_file(path);
     unlink(path);
   } else if (m == BY_BUFFER) {
-    *saved = save_buffer(s, NULL);
+    *saved = tu_save_buffer(s, NULL);
     EXPECT_OK(kvrt_session_load_buffer(g_model, saved->p, saved->n, NULL, &out));
   } else {
     writer w = {{0}, 0, -1};
@@ -239,7 +175,7 @@ static void check_roundtrip_n(uint32_t fk, uint32_t fv, size_t n_prompt, int one
   /* The reference: never saved. */
   r = tu_session(g_model, fk, fv, 128, 0);
   feed(r, prompt, n_prompt, one_call, last);
-  run_steps(r, last, N_STEPS, 0, ref_l, ref_t);
+  tu_run_steps(r, last, N_STEPS, 0, ref_l, ref_t);
   kvrt_session_destroy(r);
 
   a = tu_session(g_model, fk, fv, 128, 0);
@@ -268,13 +204,13 @@ static void check_roundtrip_n(uint32_t fk, uint32_t fv, size_t n_prompt, int one
       assert_memory_equal(saved.p, first.p, first.n);
       free(saved.p);
     }
-    run_steps(b, last, N_STEPS, 0, got_l, got_t);
+    tu_run_steps(b, last, N_STEPS, 0, got_l, got_t);
     assert_memory_equal(got_t, ref_t, sizeof ref_t);
     assert_memory_equal(got_l, ref_l, sizeof(float) * N_STEPS * TM_N_VOCAB);
     kvrt_session_destroy(b);
   }
   /* Saving did not disturb the saved session either. */
-  run_steps(a, last, N_STEPS, 0, got_l, got_t);
+  tu_run_steps(a, last, N_STEPS, 0, got_l, got_t);
   assert_memory_equal(got_t, ref_t, sizeof ref_t);
   assert_memory_equal(got_l, ref_l, sizeof(float) * N_STEPS * TM_N_VOCAB);
   kvrt_session_destroy(a);
@@ -324,19 +260,19 @@ static void check_roundtrip_sampled(uint32_t fk, uint32_t fv) {
   r = tu_session(g_model, fk, fv, 256, 0);
   EXPECT_OK(kvrt_session_set_sampler(r, &sp));
   feed(r, prompt, PROMPT, 1, last);
-  run_steps(r, last, N_STEPS + 10, 1, ref_l, ref_t);
+  tu_run_steps(r, last, N_STEPS + 10, 1, ref_l, ref_t);
   kvrt_session_destroy(r);
 
   a = tu_session(g_model, fk, fv, 256, 0);
   EXPECT_OK(kvrt_session_set_sampler(a, &sp));
   feed(a, prompt, PROMPT, 1, last);
-  run_steps(a, last, 10, 1, got_l, got_t);
+  tu_run_steps(a, last, 10, 1, got_l, got_t);
   assert_memory_equal(got_t, ref_t, 10 * sizeof(int32_t));
-  saved = save_buffer(a, NULL);
+  saved = tu_save_buffer(a, NULL);
   kvrt_session_destroy(a);
 
   EXPECT_OK(kvrt_session_load_buffer(g_model, saved.p, saved.n, NULL, &b));
-  run_steps(b, ref_l + 9 * TM_N_VOCAB, N_STEPS, 1, got_l, got_t);
+  tu_run_steps(b, ref_l + 9 * TM_N_VOCAB, N_STEPS, 1, got_l, got_t);
   assert_memory_equal(got_t, ref_t + 10, sizeof got_t);
   assert_memory_equal(got_l, ref_l + (size_t)10 * TM_N_VOCAB, sizeof(float) * N_STEPS * TM_N_VOCAB);
   kvrt_session_destroy(b);
@@ -348,7 +284,7 @@ static void check_roundtrip_sampled(uint32_t fk, uint32_t fv) {
   assert_false(greedy_same);
   EXPECT_OK(kvrt_session_load_buffer(g_model, saved.p, saved.n, NULL, &b));
   EXPECT_OK(kvrt_session_set_sampler(b, &sp)); /* reseeds */
-  run_steps(b, ref_l + 9 * TM_N_VOCAB, N_STEPS, 1, got_l, got_t);
+  tu_run_steps(b, ref_l + 9 * TM_N_VOCAB, N_STEPS, 1, got_l, got_t);
   for (i = 0; i < N_STEPS; ++i)
     if (got_t[i] != ref_t[10 + i]) reseeded_same = 0;
   assert_false(reseeded_same);
@@ -375,7 +311,7 @@ static void test_roundtrip_empty_and_rewound(void** state) {
   (void)state;
   tu_tokens(t, 40, 3);
   e = tu_session(g_model, KVRT_KV_FORMAT_F32, KVRT_KV_FORMAT_F32, 64, 0);
-  s1 = save_buffer(e, NULL);
+  s1 = tu_save_buffer(e, NULL);
   EXPECT_OK(kvrt_session_load_buffer(g_model, s1.p, s1.n, NULL, &b));
   assert_int_equal(tu_session_stats(b).n_tokens, 0);
   assert_int_equal(tu_session_stats(b).n_blocks, 0);
@@ -392,8 +328,8 @@ static void test_roundtrip_empty_and_rewound(void** state) {
   feed(x, t, 40, 1, l1);
   EXPECT_OK(kvrt_session_rewind(x, 20));
   feed(y, t, 20, 1, l1);
-  s1 = save_buffer(x, NULL);
-  s2 = save_buffer(y, NULL);
+  s1 = tu_save_buffer(x, NULL);
+  s2 = tu_save_buffer(y, NULL);
   assert_int_equal(s1.n, s2.n);
   assert_memory_equal(s1.p, s2.p, s1.n);
   kvrt_session_destroy(x);
@@ -415,11 +351,11 @@ static void test_second_handle_and_concatenated_stream(void** state) {
   tu_tokens(t, 20, 9);
   s = tu_session(g_model, KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16, 64, 0);
   feed(s, t, 20, 1, l);
-  one = save_buffer(s, NULL);
+  one = tu_save_buffer(s, NULL);
   EXPECT_OK(kvrt_session_load_buffer(m2, one.p, one.n, NULL, &b1));
   kvrt_session_destroy(b1);
-  bytes_append(&two, one.p, one.n);
-  bytes_append(&two, one.p, one.n);
+  tu_bytes_append(&two, one.p, one.n);
+  tu_bytes_append(&two, one.p, one.n);
   r = make_reader(&two, 3000);
   EXPECT_OK(kvrt_session_load_stream(m2, read_cb, &r, NULL, &b1));
   assert_int_equal(r.pos, one.n);
@@ -446,7 +382,7 @@ static bytes small_snapshot(uint32_t fmt, size_t n_tokens) {
   bytes b;
   tu_tokens(t, n_tokens, 21);
   feed(s, t, n_tokens, 1, l);
-  b = save_buffer(s, NULL);
+  b = tu_save_buffer(s, NULL);
   kvrt_session_destroy(s);
   return b;
 }
@@ -527,7 +463,7 @@ static void test_empty_and_truncated(void** state) {
   (void)state;
   expect_load_fails(NULL, 0, KVRT_ERR_CORRUPT, "empty buffer");
   path_in_dir(path, sizeof path, "empty.kvs");
-  write_file(path, "", 0);
+  tu_write_file(path, "", 0);
   EXPECT_ERR(kvrt_session_load(g_model, path, NULL, &s), KVRT_ERR_CORRUPT);
   assert_null(s);
 
@@ -547,7 +483,7 @@ static void test_empty_and_truncated(void** state) {
     expect_load_fails(b.p, cut, KVRT_ERR_CORRUPT, what);
   }
   /* A truncated file, too. */
-  write_file(path, b.p, b.n - 5);
+  tu_write_file(path, b.p, b.n - 5);
   EXPECT_ERR(kvrt_session_load(g_model, path, NULL, &s), KVRT_ERR_CORRUPT);
   free(b.p);
 }
@@ -616,7 +552,7 @@ static void test_magic_and_version(void** state) {
 
 /* A model of the same shapes with one weight byte changed. */
 static void test_other_model(void** state) {
-  bytes gg = read_file(tu_model_path());
+  bytes gg = tu_read_file(tu_model_path());
   char path[600];
   kvrt_model* other = NULL;
   kvrt_session* s = NULL;
@@ -625,7 +561,7 @@ static void test_other_model(void** state) {
   (void)state;
   gg.p[gg.n * 3 / 4] ^= 0x01; /* deep in the tensor data: a float's low mantissa bit */
   path_in_dir(path, sizeof path, "other.gguf");
-  write_file(path, gg.p, gg.n);
+  tu_write_file(path, gg.p, gg.n);
   EXPECT_OK(kvrt_model_load(g_rt, path, NULL, &other));
   memset(&i1, 0, sizeof i1);
   memset(&i2, 0, sizeof i2);
@@ -638,7 +574,7 @@ static void test_other_model(void** state) {
   assert_null(s);
   /* And the other way round; each model takes its own snapshots. */
   s = tu_session(other, KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16, 64, 0);
-  snap2 = save_buffer(s, NULL);
+  snap2 = tu_save_buffer(s, NULL);
   kvrt_session_destroy(s);
   s = NULL;
   EXPECT_ERR(kvrt_session_load_buffer(g_model, snap2.p, snap2.n, NULL, &s), KVRT_ERR_MODEL_MISMATCH);
@@ -705,7 +641,7 @@ static void test_callbacks_fail(void** state) {
   }
   /* The session is intact: it still saves the same bytes. */
   {
-    bytes again = save_buffer(s, NULL);
+    bytes again = tu_save_buffer(s, NULL);
     assert_int_equal(again.n, b.n);
     assert_memory_equal(again.p, b.p, b.n);
     free(again.p);
@@ -911,7 +847,7 @@ static void test_inspect(void** state) {
   feed(s, t, 40, 1, l);
   path_in_dir(path, sizeof path, "inspect.kvs");
   EXPECT_OK(kvrt_session_save(s, path, NULL));
-  b = read_file(path);
+  b = tu_read_file(path);
   kvrt_session_destroy(s);
 
   memset(&info, 0xAB, sizeof info);
@@ -1053,10 +989,10 @@ static void test_killed_mid_save(void** state) {
   path_in_dir(path, sizeof path, "victim.kvs");
   {
     bytes b = small_snapshot(KVRT_KV_FORMAT_F16, 20);
-    write_file(path, b.p, b.n); /* the previous snapshot */
+    tu_write_file(path, b.p, b.n); /* the previous snapshot */
     free(b.p);
   }
-  before = read_file(path);
+  before = tu_read_file(path);
   fflush(NULL);
   pid = fork();
   assert_true(pid >= 0);
@@ -1082,7 +1018,7 @@ static void test_killed_mid_save(void** state) {
   assert_int_equal(waitpid(pid, &status, 0), pid);
   assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
   /* The target is the previous snapshot, byte for byte, and still loads. */
-  after = read_file(path);
+  after = tu_read_file(path);
   assert_int_equal(after.n, before.n);
   assert_memory_equal(after.p, before.p, before.n);
   s = NULL;
@@ -1112,7 +1048,7 @@ static void test_failed_rename_cleans_up(void** state) {
   {
     char inner[700];
     snprintf(inner, sizeof inner, "%s/keep", path);
-    write_file(inner, "x", 1);
+    tu_write_file(inner, "x", 1);
     EXPECT_ERR(kvrt_session_save(s, path, NULL), KVRT_ERR_IO);
     assert_int_equal(stat(inner, &st), 0);
     assert_int_equal(st.st_size, 1);
@@ -1128,17 +1064,17 @@ static void test_failed_rename_cleans_up(void** state) {
     bytes b;
     kvrt_session* back = NULL;
     path_in_dir(file, sizeof file, "good.kvs");
-    write_file(file, "old contents", 12);
+    tu_write_file(file, "old contents", 12);
     EXPECT_OK(kvrt_session_save(s, file, NULL));
     assert_int_equal(count_temp_files(".good.kvs.tmp.", NULL), 0);
-    b = read_file(file);
+    b = tu_read_file(file);
     assert_true(b.n > 12);
     assert_memory_equal(b.p, "KVRTSNAP", 8);
     EXPECT_OK(kvrt_session_load(g_model, file, NULL, &back));
     kvrt_session_destroy(back);
     /* Data after the end record of a file is refused. */
-    bytes_append(&b, "junk", 4);
-    write_file(file, b.p, b.n);
+    tu_bytes_append(&b, "junk", 4);
+    tu_write_file(file, b.p, b.n);
     EXPECT_ERR(kvrt_session_load(g_model, file, NULL, &back), KVRT_ERR_CORRUPT);
     free(b.p);
   }

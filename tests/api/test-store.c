@@ -22,31 +22,7 @@ static char g_dir[512];
 
 /* ---- helpers ------------------------------------------------------------ */
 
-typedef struct bytes {
-  uint8_t* p;
-  size_t n;
-} bytes;
-
-static bytes read_file(const char* path) {
-  bytes b = {0};
-  struct stat st;
-  FILE* f = fopen(path, "rb");
-  if (!f) fail_msg("cannot open %s: %s", path, strerror(errno));
-  assert_int_equal(fstat(fileno(f), &st), 0);
-  b.n = (size_t)st.st_size;
-  b.p = malloc(b.n ? b.n : 1);
-  assert_non_null(b.p);
-  if (b.n) assert_int_equal(fread(b.p, 1, b.n, f), b.n);
-  fclose(f);
-  return b;
-}
-
-static void write_file(const char* path, const void* d, size_t n) {
-  FILE* f = fopen(path, "wb");
-  if (!f) fail_msg("cannot create %s: %s", path, strerror(errno));
-  if (n) assert_int_equal(fwrite(d, 1, n, f), n);
-  assert_int_equal(fclose(f), 0);
-}
+typedef tu_bytes bytes;
 
 static long long file_size(const char* path) {
   struct stat st;
@@ -96,18 +72,6 @@ static kvrt_store_save_stats save(kvrt_store* st, kvrt_session* s, const char* n
 
 static uint64_t blocks_used(void) { return tu_runtime_stats(g_rt).n_blocks_used; }
 
-/* Continues greedily for n steps from `last`; records tokens and logits. */
-static void run_steps(kvrt_session* s, const float* last, int n, float* logits, int32_t* toks) {
-  int i;
-  const float* prev = last;
-  for (i = 0; i < n; ++i) {
-    int32_t t = tu_argmax(prev, TM_N_VOCAB);
-    toks[i] = t;
-    EXPECT_OK(kvrt_decode_step(s, &t, 1, logits + (size_t)i * TM_N_VOCAB, TM_N_VOCAB));
-    prev = logits + (size_t)i * TM_N_VOCAB;
-  }
-}
-
 /* The continuation of a session: N_STEPS greedy tokens and their logits. */
 typedef struct continuation {
   float* logits;
@@ -118,7 +82,7 @@ static continuation continue_from(kvrt_session* s, const float* last) {
   continuation c;
   c.logits = malloc(sizeof(float) * N_STEPS * TM_N_VOCAB);
   assert_non_null(c.logits);
-  run_steps(s, last, N_STEPS, c.logits, c.toks);
+  tu_run_steps(s, last, N_STEPS, 0, c.logits, c.toks);
   return c;
 }
 
@@ -473,7 +437,7 @@ static void test_names_and_arguments(void** state) {
   {
     char f[700];
     file_in(f, sizeof f, g_dir, "plain-file");
-    write_file(f, "x", 1);
+    tu_write_file(f, "x", 1);
     EXPECT_ERR(kvrt_store_open(f, NULL, &st2), KVRT_ERR_IO);
     unlink(f);
   }
@@ -491,9 +455,9 @@ static void damaged_fixture(const char* dir, bytes* pack, bytes* manifest) {
   kvrt_session_destroy(s);
   kvrt_store_close(st);
   file_in(p, sizeof p, dir, "blocks.kvp");
-  *pack = read_file(p);
+  *pack = tu_read_file(p);
   file_in(p, sizeof p, dir, "s.kvm");
-  *manifest = read_file(p);
+  *manifest = tu_read_file(p);
 }
 
 static void expect_store_load_fails(const char* dir, kvrt_status want, const char* needle) {
@@ -559,14 +523,14 @@ static void test_damaged_pack(void** state) {
   expect_store_loads(dir);
   /* A flipped byte in block 2's compressed data: named by block and offset. */
   pack.p[off[2] + 48 + 20] ^= 0x10;
-  write_file(pp, pack.p, pack.n);
+  tu_write_file(pp, pack.p, pack.n);
   expect_store_load_fails(dir, KVRT_ERR_CORRUPT, "block 2");
   pack.p[off[2] + 48 + 20] ^= 0x10;
   /* A flipped byte in block 1's record header (its key). The damage lies
    * before the end the manifest claims, so the open keeps the pack as it
    * is; new saves still go in and load. */
   pack.p[off[1] + 9] ^= 0x01;
-  write_file(pp, pack.p, pack.n);
+  tu_write_file(pp, pack.p, pack.n);
   expect_store_load_fails(dir, KVRT_ERR_CORRUPT, "block 1");
   assert_int_equal(file_size(pp), (long long)pack.n);
   {
@@ -582,31 +546,31 @@ static void test_damaged_pack(void** state) {
   pack.p[off[1] + 9] ^= 0x01;
   /* Cut inside block 3: the pack is shorter than the manifest claims, so the
    * cut is not mistaken for a killed save's tail, and the load says so. */
-  write_file(pp, pack.p, (size_t)off[3] + 30);
+  tu_write_file(pp, pack.p, (size_t)off[3] + 30);
   expect_store_load_fails(dir, KVRT_ERR_CORRUPT, "block 3");
   assert_int_equal(file_size(pp), (long long)off[3] + 30);
   /* Cut to the header alone. */
-  write_file(pp, pack.p, PACK_HEADER);
+  tu_write_file(pp, pack.p, PACK_HEADER);
   expect_store_load_fails(dir, KVRT_ERR_CORRUPT, "block 0");
   /* A pack header with another version or a bad magic: the open says so. */
   {
     kvrt_store* st = NULL;
     put32(pack.p + 8, 2);
-    write_file(pp, pack.p, pack.n);
+    tu_write_file(pp, pack.p, pack.n);
     EXPECT_ERR(kvrt_store_open(dir, NULL, &st), KVRT_ERR_VERSION);
     put32(pack.p + 8, 1);
     pack.p[0] = 'X';
-    write_file(pp, pack.p, pack.n);
+    tu_write_file(pp, pack.p, pack.n);
     EXPECT_ERR(kvrt_store_open(dir, NULL, &st), KVRT_ERR_CORRUPT);
     pack.p[0] = 'K';
     pack.p[20] ^= 1; /* store id: header checksum */
-    write_file(pp, pack.p, pack.n);
+    tu_write_file(pp, pack.p, pack.n);
     EXPECT_ERR(kvrt_store_open(dir, NULL, &st), KVRT_ERR_CORRUPT);
     pack.p[20] ^= 1;
     assert_null(st);
   }
   /* Restored: loads again. */
-  write_file(pp, pack.p, pack.n);
+  tu_write_file(pp, pack.p, pack.n);
   expect_store_loads(dir);
   /* What a save killed mid-append leaves after the end every manifest
    * claims (a cut record, zeros): the open cuts it off. */
@@ -614,21 +578,21 @@ static void test_damaged_pack(void** state) {
     uint8_t* torn = malloc(pack.n + (size_t)(off[1] - off[0]) + 100);
     memcpy(torn, pack.p, pack.n);
     memcpy(torn + pack.n, pack.p + off[0], 30); /* the start of a record header */
-    write_file(pp, torn, pack.n + 30);
+    tu_write_file(pp, torn, pack.n + 30);
     expect_store_loads(dir);
     assert_int_equal(file_size(pp), (long long)pack.n);
     memset(torn + pack.n, 0, 100);
-    write_file(pp, torn, pack.n + 100);
+    tu_write_file(pp, torn, pack.n + 100);
     expect_store_loads(dir);
     assert_int_equal(file_size(pp), (long long)pack.n);
     /* A whole record past the claimed end is kept (a save that died before
      * its manifest): the pack reads as whole records. */
     memcpy(torn + pack.n, pack.p + off[0], (size_t)(off[1] - off[0]));
-    write_file(pp, torn, pack.n + (size_t)(off[1] - off[0]));
+    tu_write_file(pp, torn, pack.n + (size_t)(off[1] - off[0]));
     expect_store_loads(dir);
     assert_int_equal(file_size(pp), (long long)(pack.n + (off[1] - off[0])));
     free(torn);
-    write_file(pp, pack.p, pack.n);
+    tu_write_file(pp, pack.p, pack.n);
   }
   /* Another store's pack of the same blocks: the manifest is refused. */
   {
@@ -639,11 +603,11 @@ static void test_damaged_pack(void** state) {
     kvrt_store_close(st);
     file_in(op, sizeof op, other, "blocks.kvp");
     {
-      bytes fresh = read_file(op);
+      bytes fresh = tu_read_file(op);
       memcpy(pack.p + 16, fresh.p + 16, 32); /* its store id, generation and header checksum */
       free(fresh.p);
     }
-    write_file(pp, pack.p, pack.n);
+    tu_write_file(pp, pack.p, pack.n);
     expect_store_load_fails(dir, KVRT_ERR_CORRUPT, "another store");
     remove_tree(other);
   }
@@ -662,7 +626,7 @@ static void test_damaged_manifest(void** state) {
   /* Every 37th byte flipped in turn: each is caught. */
   for (i = 0; i < man.n; i += 37) {
     man.p[i] ^= 0x04;
-    write_file(mp, man.p, man.n);
+    tu_write_file(mp, man.p, man.n);
     {
       kvrt_store* st = open_store(dir);
       kvrt_session* s = NULL;
@@ -676,32 +640,32 @@ static void test_damaged_manifest(void** state) {
   }
   assert_int_equal(blocks_used(), 0);
   /* Truncated anywhere, and with bytes after it. */
-  write_file(mp, man.p, man.n - 1);
+  tu_write_file(mp, man.p, man.n - 1);
   expect_store_load_fails(dir, KVRT_ERR_CORRUPT, "truncated");
-  write_file(mp, man.p, 30);
+  tu_write_file(mp, man.p, 30);
   expect_store_load_fails(dir, KVRT_ERR_CORRUPT, "truncated");
   {
     uint8_t* more = malloc(man.n + 3);
     memcpy(more, man.p, man.n);
     memcpy(more + man.n, "abc", 3);
-    write_file(mp, more, man.n + 3);
+    tu_write_file(mp, more, man.n + 3);
     expect_store_load_fails(dir, KVRT_ERR_CORRUPT, "follows");
     free(more);
   }
   /* A newer version, an unknown required feature, a snapshot's magic. */
   put32(man.p + 8, 2);
-  write_file(mp, man.p, man.n);
+  tu_write_file(mp, man.p, man.n);
   expect_store_load_fails(dir, KVRT_ERR_VERSION, "version 2");
   put32(man.p + 8, 1);
   put32(man.p + 12, 0x100);
-  write_file(mp, man.p, man.n);
+  tu_write_file(mp, man.p, man.n);
   expect_store_load_fails(dir, KVRT_ERR_VERSION, NULL);
   put32(man.p + 12, 0);
   memcpy(man.p, "KVRTSNAP", 8);
-  write_file(mp, man.p, man.n);
+  tu_write_file(mp, man.p, man.n);
   expect_store_load_fails(dir, KVRT_ERR_CORRUPT, "manifest");
   memcpy(man.p, "KVRTMNFT", 8);
-  write_file(mp, man.p, man.n);
+  tu_write_file(mp, man.p, man.n);
   expect_store_loads(dir);
   free(pack.p);
   free(man.p);
@@ -710,7 +674,7 @@ static void test_damaged_manifest(void** state) {
 /* A model of the same shapes with one weight bit changed: MODEL_MISMATCH. */
 static void test_other_model(void** state) {
   char dir[600], path[700];
-  bytes gg = read_file(tu_model_path()), pack, man;
+  bytes gg = tu_read_file(tu_model_path()), pack, man;
   kvrt_model* other = NULL;
   kvrt_store* st;
   kvrt_session* s = NULL;
@@ -720,7 +684,7 @@ static void test_other_model(void** state) {
   damaged_fixture(dir, &pack, &man);
   gg.p[gg.n * 3 / 4] ^= 0x01;
   file_in(path, sizeof path, g_dir, "other.gguf");
-  write_file(path, gg.p, gg.n);
+  tu_write_file(path, gg.p, gg.n);
   EXPECT_OK(kvrt_model_load(g_rt, path, NULL, &other));
   st = open_store(dir);
   EXPECT_ERR(kvrt_store_load(st, other, "s", NULL, &s), KVRT_ERR_MODEL_MISMATCH);
@@ -794,27 +758,27 @@ static void test_compact(void** state) {
   p_full = file_size(pack);
   EXPECT_OK(kvrt_store_remove(st, "a"));
   /* A damaged manifest stops the compaction; the pack is untouched. */
-  before = read_file(pack);
-  man = read_file(cm);
+  before = tu_read_file(pack);
+  man = tu_read_file(cm);
   man.p[man.n / 2] ^= 0x08;
-  write_file(cm, man.p, man.n);
+  tu_write_file(cm, man.p, man.n);
   EXPECT_ERR(kvrt_store_compact(st, &freed), KVRT_ERR_CORRUPT);
   assert_non_null(strstr(kvrt_last_error(), "c.kvm"));
   {
-    bytes now = read_file(pack);
+    bytes now = tu_read_file(pack);
     assert_int_equal(now.n, before.n);
     assert_memory_equal(now.p, before.p, before.n);
     free(now.p);
   }
   man.p[man.n / 2] ^= 0x08;
-  write_file(cm, man.p, man.n);
+  tu_write_file(cm, man.p, man.n);
   /* Now it drops a's own block, and only that. */
   EXPECT_OK(kvrt_store_compact(st, &freed));
   p_after = file_size(pack);
   assert_true(freed > 0);
   assert_int_equal(p_after, p_full - (long long)freed);
   {
-    bytes now = read_file(pack);
+    bytes now = tu_read_file(pack);
     assert_int_equal(record_offsets(&now, off, 16), 5); /* 4 shared + b's own */
     free(now.p);
   }
@@ -839,11 +803,11 @@ static void test_compact(void** state) {
   /* Reopened; a cut record after the end is still cut off (only manifests of
    * the current pack count), and both names load. */
   {
-    bytes now = read_file(pack);
+    bytes now = tu_read_file(pack);
     uint8_t* torn = malloc(now.n + 30);
     memcpy(torn, now.p, now.n);
     memcpy(torn + now.n, now.p + PACK_HEADER, 30);
-    write_file(pack, torn, now.n + 30);
+    tu_write_file(pack, torn, now.n + 30);
     free(torn);
     free(now.p);
   }
@@ -979,7 +943,7 @@ static void test_killed_mid_save(void** state) {
   st = open_store(dir);
   save(st, s, "victim"); /* the previous state */
   kvrt_store_close(st);
-  before = read_file(mp);
+  before = tu_read_file(mp);
   size0 = file_size(pack);
   fflush(NULL);
   pid = fork();
@@ -1007,7 +971,7 @@ static void test_killed_mid_save(void** state) {
   assert_int_equal(waitpid(pid, &status, 0), pid);
   assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
   /* The manifest is the previous one, byte for byte, and loads exactly. */
-  after = read_file(mp);
+  after = tu_read_file(mp);
   assert_int_equal(after.n, before.n);
   assert_memory_equal(after.p, before.p, before.n);
   st = open_store(dir); /* cuts off the unfinished record, if any */
@@ -1025,7 +989,7 @@ static void test_killed_mid_save(void** state) {
   kvrt_session_destroy(b);
   kvrt_store_close(st);
   {
-    bytes pk = read_file(pack);
+    bytes pk = tu_read_file(pack);
     uint64_t off[512];
     record_offsets(&pk, off, 512);
     free(pk.p);

@@ -23,10 +23,7 @@ static char g_spill[600]; /* the spill folder inside it */
 
 /* ---- helpers ------------------------------------------------------------ */
 
-typedef struct bytes {
-  uint8_t* p;
-  size_t n;
-} bytes;
+typedef tu_bytes bytes;
 
 static float* alloc_logits(size_t n_rows) {
   float* p = (float*)malloc(sizeof(float) * V * n_rows);
@@ -59,59 +56,11 @@ static int spill_files(char* path, size_t cap) {
   return n;
 }
 
-static bytes read_whole(const char* path) {
-  bytes b = {0};
-  struct stat st;
-  FILE* f = fopen(path, "rb");
-  if (!f) fail_msg("cannot open %s: %s", path, strerror(errno));
-  assert_int_equal(fstat(fileno(f), &st), 0);
-  b.n = (size_t)st.st_size;
-  b.p = (uint8_t*)malloc(b.n ? b.n : 1);
-  assert_int_equal(fread(b.p, 1, b.n, f), b.n);
-  fclose(f);
-  return b;
-}
-
-static void write_whole(const char* path, const void* d, size_t n) {
-  FILE* f = fopen(path, "wb");
-  if (!f) fail_msg("cannot create %s: %s", path, strerror(errno));
-  if (n) assert_int_equal(fwrite(d, 1, n, f), n);
-  assert_int_equal(fclose(f), 0);
-}
-
-static bytes save_buffer(kvrt_session* s, const kvrt_snapshot_params* p) {
-  bytes b = {0};
-  size_t need = 0, got = 0;
-  EXPECT_OK(kvrt_session_save_buffer(s, NULL, 0, &need, p));
-  b.p = (uint8_t*)malloc(need);
-  EXPECT_OK(kvrt_session_save_buffer(s, b.p, need, &got, p));
-  assert_int_equal(got, need);
-  b.n = got;
-  return b;
-}
-
 static kvrt_snapshot_params level(int32_t l) {
   kvrt_snapshot_params p;
   kvrt_snapshot_default_params(&p);
   p.compression_level = l;
   return p;
-}
-
-/* Continues for n steps from the logits `last`: greedy or sampled. */
-static void run_steps(kvrt_session* s, const float* last, int n, int sample, float* logits,
-                      int32_t* toks) {
-  int i;
-  const float* prev = last;
-  for (i = 0; i < n; ++i) {
-    int32_t t;
-    if (sample)
-      EXPECT_OK(kvrt_session_sample(s, prev, V, &t));
-    else
-      t = tu_argmax(prev, V);
-    toks[i] = t;
-    EXPECT_OK(kvrt_decode_step(s, &t, 1, logits + (size_t)i * V, V));
-    prev = logits + (size_t)i * V;
-  }
 }
 
 /* The stats of a suspended session: no blocks, the tokens and the rest as
@@ -204,7 +153,7 @@ static void check_continuation(uint32_t fk, uint32_t fv, size_t n_prompt) {
 
   r = tu_session(g_model, fk, fv, 256, 0);
   EXPECT_OK(kvrt_decode_step(r, prompt, n_prompt, last, V));
-  run_steps(r, last, N_STEPS, 0, ref_l, ref_t);
+  tu_run_steps(r, last, N_STEPS, 0, ref_l, ref_t);
   kvrt_session_destroy(r);
 
   a = tu_session(g_model, fk, fv, 256, 0);
@@ -222,31 +171,31 @@ static void check_continuation(uint32_t fk, uint32_t fv, size_t n_prompt) {
   expect_live(a, &live);
   assert_int_equal(blocks_used(), used_before);
 
-  run_steps(a, last, 20, 0, got_l, got_t);
+  tu_run_steps(a, last, 20, 0, got_l, got_t);
   live = tu_session_stats(a);
-  want = save_buffer(a, &l1);
+  want = tu_save_buffer(a, &l1);
   assert_int_equal(spill_files(NULL, 0), 0);
   EXPECT_OK(kvrt_session_suspend(a, &sp));
   expect_suspended(a, &live, 1);
   assert_int_equal(tu_session_stats(a).suspended_bytes, want.n);
   assert_int_equal(spill_files(path, sizeof path), 1);
-  file = read_whole(path);
+  file = tu_read_file(path);
   assert_int_equal(file.n, want.n);
   assert_memory_equal(file.p, want.p, want.n);
-  held = save_buffer(a, &l3); /* the held bytes, not a level-3 save */
+  held = tu_save_buffer(a, &l3); /* the held bytes, not a level-3 save */
   assert_int_equal(held.n, want.n);
   assert_memory_equal(held.p, want.p, want.n);
   EXPECT_OK(kvrt_session_resume(a));
   {
     /* Control: a level-3 save of the live session differs. */
-    bytes other = save_buffer(a, &l3);
+    bytes other = tu_save_buffer(a, &l3);
     assert_true(other.n != want.n || memcmp(other.p, want.p, want.n) != 0);
     free(other.p);
   }
   EXPECT_OK(kvrt_session_suspend(a, &sp));
   assert_int_equal(tu_session_stats(a).suspended, 1); /* saving did not resume */
 
-  run_steps(a, got_l + 19 * V, N_STEPS - 20, 0, got_l + 20 * V, got_t + 20);
+  tu_run_steps(a, got_l + 19 * V, N_STEPS - 20, 0, got_l + 20 * V, got_t + 20);
   assert_int_equal(spill_files(NULL, 0), 0);
   assert_int_equal(tu_session_stats(a).suspended, 0);
   assert_memory_equal(got_t, ref_t, sizeof ref_t);
@@ -304,20 +253,20 @@ static void check_sampled(uint32_t fk, uint32_t fv, const kvrt_suspend_params* s
   r = tu_session(g_model, fk, fv, 256, 0);
   EXPECT_OK(kvrt_session_set_sampler(r, &smp));
   EXPECT_OK(kvrt_decode_step(r, prompt, 30, last, V));
-  run_steps(r, last, N_STEPS + 10, 1, ref_l, ref_t);
+  tu_run_steps(r, last, N_STEPS + 10, 1, ref_l, ref_t);
   kvrt_session_destroy(r);
 
   a = tu_session(g_model, fk, fv, 256, 0);
   EXPECT_OK(kvrt_session_set_sampler(a, &smp));
   EXPECT_OK(kvrt_decode_step(a, prompt, 30, last, V));
-  run_steps(a, last, 10, 1, got_l, got_t);
+  tu_run_steps(a, last, 10, 1, got_l, got_t);
   EXPECT_OK(kvrt_session_suspend(a, sp));
   EXPECT_OK(kvrt_session_sample(a, got_l + 9 * V, V, &t));
   assert_int_equal(tu_session_stats(a).suspended, 0);
   assert_int_equal(t, ref_t[10]);
   got_t[10] = t;
   EXPECT_OK(kvrt_decode_step(a, &t, 1, got_l + 10 * V, V));
-  run_steps(a, got_l + 10 * V, N_STEPS - 1, 1, got_l + 11 * V, got_t + 11);
+  tu_run_steps(a, got_l + 10 * V, N_STEPS - 1, 1, got_l + 11 * V, got_t + 11);
   assert_memory_equal(got_t, ref_t, sizeof ref_t);
   assert_memory_equal(got_l, ref_l, sizeof(float) * (N_STEPS + 10) * V);
   /* Control: the draws are not simply greedy. */
@@ -549,7 +498,7 @@ static void test_spill_tampering(void** state) {
   EXPECT_OK(kvrt_session_suspend(s, &sp));
   used = blocks_used();
   assert_int_equal(spill_files(path, sizeof path), 1);
-  orig = read_whole(path);
+  orig = tu_read_file(path);
 
   /* Deleted. */
   assert_int_equal(unlink(path), 0);
@@ -565,26 +514,26 @@ static void test_spill_tampering(void** state) {
   bad.p = (uint8_t*)malloc(bad.n);
   memcpy(bad.p, orig.p, bad.n);
   bad.p[bad.n / 2] ^= 0x10;
-  write_whole(path, bad.p, bad.n);
+  tu_write_file(path, bad.p, bad.n);
   EXPECT_ERR(kvrt_session_resume(s), KVRT_ERR_CORRUPT);
   EXPECT_ERR(kvrt_session_save_buffer(s, NULL, 0, &got, NULL), KVRT_ERR_CORRUPT);
   bad.p[bad.n / 2] ^= 0x10;
   bad.p[bad.n - 1] ^= 0x01;
-  write_whole(path, bad.p, bad.n);
+  tu_write_file(path, bad.p, bad.n);
   EXPECT_ERR(kvrt_session_resume(s), KVRT_ERR_CORRUPT);
   /* Truncated, and with a byte appended. */
-  write_whole(path, orig.p, orig.n - 100);
+  tu_write_file(path, orig.p, orig.n - 100);
   EXPECT_ERR(kvrt_session_resume(s), KVRT_ERR_CORRUPT);
   memcpy(bad.p, orig.p, orig.n);
   bad.p = (uint8_t*)realloc(bad.p, orig.n + 1);
   bad.p[orig.n] = 0;
-  write_whole(path, bad.p, orig.n + 1);
+  tu_write_file(path, bad.p, orig.n + 1);
   EXPECT_ERR(kvrt_session_resume(s), KVRT_ERR_CORRUPT);
   /* Replaced by another session's valid snapshot of the same model. */
   {
     kvrt_snapshot_params l1 = level(1);
-    other_bytes = save_buffer(other, &l1);
-    write_whole(path, other_bytes.p, other_bytes.n);
+    other_bytes = tu_save_buffer(other, &l1);
+    tu_write_file(path, other_bytes.p, other_bytes.n);
     EXPECT_ERR(kvrt_session_resume(s), KVRT_ERR_CORRUPT);
     assert_non_null(strstr(kvrt_last_error(), "changed"));
   }
@@ -592,7 +541,7 @@ static void test_spill_tampering(void** state) {
   assert_int_equal(blocks_used(), used);
 
   /* The original bytes back: the session resumes and continues exactly. */
-  write_whole(path, orig.p, orig.n);
+  tu_write_file(path, orig.p, orig.n);
   EXPECT_OK(kvrt_session_resume(s));
   expect_live(s, &live);
   assert_int_equal(spill_files(NULL, 0), 0);
@@ -608,7 +557,7 @@ static void test_spill_tampering(void** state) {
   kvrt_session_destroy(s);
   EXPECT_OK(kvrt_session_suspend(other, &sp));
   assert_int_equal(spill_files(path, sizeof path), 1);
-  write_whole(path, "junk", 4);
+  tu_write_file(path, "junk", 4);
   kvrt_session_destroy(other);
   assert_int_equal(spill_files(NULL, 0), 0);
 
@@ -635,7 +584,7 @@ static void test_spill_dir_unusable(void** state) {
   snprintf(missing, sizeof missing, "%s/no-such-folder", g_dir);
   snprintf(file, sizeof file, "%s/a-file", g_dir);
   snprintf(below_file, sizeof below_file, "%s/sub", file);
-  write_whole(file, "x", 1);
+  tu_write_file(file, "x", 1);
   kvrt_suspend_default_params(&sp);
   sp.spill_dir = missing;
   EXPECT_ERR(kvrt_session_suspend(s, &sp), KVRT_ERR_IO);
