@@ -274,6 +274,17 @@ typedef struct kvrt_session_stats {
   uint32_t suspended;
   uint32_t spilled;          /**< 1 while the suspended session's snapshot is in a spill file, else 0. */
   uint64_t suspended_bytes;  /**< Bytes of the snapshot a suspended session holds (in host memory or in its spill file); 0 when not suspended. */
+  /** Wall-clock nanoseconds the session has spent in forward passes
+   *  (kvrt_decode_step(): prompt and generated tokens, the logits
+   *  included, sampling excluded) since it was created or
+   *  loaded; kept across kvrt_session_suspend() and resume. A call that
+   *  fails adds nothing. Differences between two reads time the calls
+   *  between them. */
+  uint64_t compute_ns;
+  /** The part of compute_ns spent in attention over the KV cache (every
+   *  layer's attention kernel; storing new keys and values excluded): the
+   *  cost that grows with the context and that the KV format changes. */
+  uint64_t attention_ns;
 } kvrt_session_stats;
 
 /**

@@ -151,6 +151,8 @@ kvrt_session_stats live_stats(const kvrt::Session& s) {
   st.kv_format_v = s.config().v_format;
   st.kv_bytes = s.kv().bytes();
   st.kv_bytes_per_token = s.kv_bytes_per_token();
+  st.compute_ns = s.timers().forward_ns;
+  st.attention_ns = s.timers().attention_ns;
   return st;
 }
 
@@ -165,6 +167,7 @@ void with_live(kvrt_session* h, F&& f) {
     return;
   }
   std::unique_ptr<kvrt::Session> s = h->held->restore();
+  s->set_timers({h->held_stats.compute_ns, h->held_stats.attention_ns});
   {
     std::lock_guard<std::mutex> lock(h->swap_mutex);
     h->s = std::move(s);

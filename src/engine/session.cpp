@@ -2,12 +2,18 @@
 #include "engine/session.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "../../kernels/common/kv-quant.h"
 #include "util/error.hpp"
 
 namespace kvrt {
+
+static uint64_t elapsed_ns(std::chrono::steady_clock::time_point t0) {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+}
 
 static const char* format_name(uint32_t f) {
   switch (f) {
@@ -145,6 +151,8 @@ void Session::decode(const int32_t* tokens, size_t n, float* logits) {
   const uint32_t bt = kv_->layout().block_tokens;
   const bool stage_moves = quant_ && n0 % bt != 0 && (n0 + n) / bt != n0 / bt;
   if (stage_moves) stage_saved_ = stage_;
+  const Timers timers_before = timers_;
+  const auto t_start = std::chrono::steady_clock::now();
   try {
     for (size_t done = 0; done < n;) {
       const uint32_t chunk = static_cast<uint32_t>(std::min<size_t>(cfg_.max_batch, n - done));
@@ -155,8 +163,10 @@ void Session::decode(const int32_t* tokens, size_t n, float* logits) {
   } catch (...) {
     kv_->truncate(n0);
     if (stage_moves) stage_.swap(stage_saved_);
+    timers_ = timers_before;
     throw;
   }
+  timers_.forward_ns += elapsed_ns(t_start);
   kv_->commit(static_cast<uint32_t>(n));
   tokens_.insert(tokens_.end(), tokens, tokens + n);
 }
@@ -241,8 +251,9 @@ void Session::forward(const int32_t* tok, uint32_t n, uint32_t pos0, float* logi
     a.n_head = hp.n_head;
     a.pos0 = static_cast<int32_t>(pos0);
     a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    if (quant_) quant_store(l, k, v, n, pos0);
+    const auto t_attn = std::chrono::steady_clock::now();
     if (quant_) {
-      quant_store(l, k, v, n, pos0);
       kvrt_k::QAttnArgs qa{};
       qa.base = a;
       qa.stage_layout = &stage_layout_;
@@ -252,6 +263,7 @@ void Session::forward(const int32_t* tok, uint32_t n, uint32_t pos0, float* logi
     } else {
       be.attention(a, scratch_);
     }
+    timers_.attention_ns += elapsed_ns(t_attn);
     be.matmul(ref(L.wo), att, n, tmp, d, scratch_);
     for (size_t i = 0; i < n * d; ++i) x[i] += tmp[i];
 

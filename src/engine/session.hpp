@@ -42,6 +42,16 @@ class Session {
   const Sampler& sampler() const { return sampler_; }
   uint64_t kv_bytes_per_token() const;
 
+  // Wall-clock time spent in forward passes (decode and prefill) and, of
+  // that, in attention over the cache, since creation; restore() of a
+  // suspended session hands them over with set_timers.
+  struct Timers {
+    uint64_t forward_ns = 0;
+    uint64_t attention_ns = 0;
+  };
+  const Timers& timers() const { return timers_; }
+  void set_timers(const Timers& t) { timers_ = t; }
+
   // Snapshot import (src/snapshot), on a new session that holds no tokens:
   // begin_import takes the blocks for n_tokens positions from the pool
   // (Error KVRT_ERR_OUT_OF_MEMORY, KVRT_ERR_CONTEXT_FULL; unchanged then),
@@ -81,6 +91,7 @@ class Session {
   Sampler sampler_;
   std::vector<int32_t> tokens_;
   std::atomic<bool> abort_{false};
+  Timers timers_;
 
   // Work buffers, sized for max_batch tokens at creation.
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_;

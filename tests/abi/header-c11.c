@@ -41,11 +41,13 @@ _Static_assert(offsetof(kvrt_model_info, n_params) == 48, "kvrt_model_info layou
 _Static_assert(offsetof(kvrt_model_info, kv_bytes_per_token) == 64, "kvrt_model_info layout");
 _Static_assert(offsetof(kvrt_model_info, architecture) == 104, "kvrt_model_info layout");
 _Static_assert(offsetof(kvrt_model_info, name) == 136, "kvrt_model_info layout");
-_Static_assert(sizeof(kvrt_session_stats) == 64, "kvrt_session_stats layout");
+_Static_assert(sizeof(kvrt_session_stats) == 80, "kvrt_session_stats layout");
 _Static_assert(offsetof(kvrt_session_stats, kv_bytes) == 32, "kvrt_session_stats layout");
 _Static_assert(offsetof(kvrt_session_stats, suspended) == 48, "kvrt_session_stats layout");
 _Static_assert(offsetof(kvrt_session_stats, spilled) == 52, "kvrt_session_stats layout");
 _Static_assert(offsetof(kvrt_session_stats, suspended_bytes) == 56, "kvrt_session_stats layout");
+_Static_assert(offsetof(kvrt_session_stats, compute_ns) == 64, "kvrt_session_stats layout");
+_Static_assert(offsetof(kvrt_session_stats, attention_ns) == 72, "kvrt_session_stats layout");
 _Static_assert(sizeof(kvrt_runtime_stats) == 40, "kvrt_runtime_stats layout");
 _Static_assert(offsetof(kvrt_runtime_stats, n_blocks_used) == 32, "kvrt_runtime_stats layout");
 _Static_assert(sizeof(kvrt_snapshot_params) == 16, "kvrt_snapshot_params layout");

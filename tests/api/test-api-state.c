@@ -35,6 +35,8 @@ static void assert_same_state(const kvrt_session* s, const kvrt_session_stats* b
   assert_int_equal(now.n_tokens, before->n_tokens);
   assert_int_equal(now.n_blocks, before->n_blocks);
   assert_true(now.kv_bytes == before->kv_bytes);
+  assert_true(now.compute_ns == before->compute_ns);
+  assert_true(now.attention_ns == before->attention_ns);
   toks = (int32_t*)malloc((before->n_tokens + 1) * sizeof(int32_t));
   assert_non_null(toks);
   EXPECT_OK(kvrt_session_get_tokens(s, toks, before->n_tokens + 1, &n));
@@ -607,12 +609,17 @@ static void test_abort_from_other_thread(void** state) {
   ab.worst = KVRT_OK;
   assert_int_equal(pthread_create(&th, NULL, aborter_main, &ab), 0);
   for (round = 0; round < 20; ++round) {
+    const kvrt_session_stats before = tu_session_stats(s);
     kvrt_status st = kvrt_decode_step(s, toks + 10, 256, a, V);
     if (st == KVRT_OK) {
       ++n_ok;
       assert_int_equal(tu_session_stats(s).n_tokens, 266);
       EXPECT_OK(kvrt_session_rewind(s, 10));
     } else {
+      /* An aborted call adds nothing to the timers either. */
+      kvrt_session_stats after = tu_session_stats(s);
+      assert_true(after.compute_ns == before.compute_ns);
+      assert_true(after.attention_ns == before.attention_ns);
       if (st != KVRT_ERR_ABORTED)
         fail_msg("decode under abort requests: %d (%s): %s", (int)st, kvrt_status_string(st),
                  kvrt_last_error());
@@ -642,6 +649,59 @@ static void test_abort_from_other_thread(void** state) {
   free(b);
 }
 
+/* compute_ns / attention_ns: zero on a new session, grown by every
+ * successful decode (attention a part of it), untouched by rewind and
+ * sampling, and carried across suspend and resume. */
+static void test_timers(void** state) {
+  kvrt_runtime* rt;
+  kvrt_model* m;
+  kvrt_session* s;
+  kvrt_session_stats st0, st1, st2;
+  int32_t toks[64];
+  int32_t next;
+  float* a = alloc_logits();
+  (void)state;
+
+  tu_tokens(toks, 64, 7);
+  rt = tu_runtime(0, 0, 2);
+  m = tu_model(rt);
+  s = tu_session(m, KVRT_KV_FORMAT_Q8, KVRT_KV_FORMAT_Q8, 0, 0);
+  st0 = tu_session_stats(s);
+  assert_true(st0.compute_ns == 0 && st0.attention_ns == 0);
+
+  EXPECT_OK(kvrt_decode_step(s, toks, 40, a, V));
+  st1 = tu_session_stats(s);
+  assert_true(st1.attention_ns > 0);
+  assert_true(st1.compute_ns > st1.attention_ns);
+
+  EXPECT_OK(kvrt_decode_step(s, toks + 40, 1, a, V));
+  st2 = tu_session_stats(s);
+  assert_true(st2.attention_ns > st1.attention_ns);
+  assert_true(st2.compute_ns > st1.compute_ns);
+  assert_true(st2.compute_ns - st1.compute_ns > st2.attention_ns - st1.attention_ns);
+
+  EXPECT_OK(kvrt_session_rewind(s, 20));
+  EXPECT_OK(kvrt_session_sample(s, a, V, &next));
+  st1 = tu_session_stats(s);
+  assert_true(st1.compute_ns == st2.compute_ns && st1.attention_ns == st2.attention_ns);
+
+  EXPECT_OK(kvrt_session_suspend(s, NULL));
+  st1 = tu_session_stats(s);
+  assert_int_equal(st1.suspended, 1);
+  assert_true(st1.compute_ns == st2.compute_ns && st1.attention_ns == st2.attention_ns);
+  EXPECT_OK(kvrt_session_resume(s));
+  st1 = tu_session_stats(s);
+  assert_true(st1.compute_ns == st2.compute_ns && st1.attention_ns == st2.attention_ns);
+  EXPECT_OK(kvrt_decode_step(s, toks + 20, 1, a, V));
+  st1 = tu_session_stats(s);
+  assert_true(st1.attention_ns > st2.attention_ns && st1.compute_ns > st2.compute_ns);
+
+  kvrt_session_destroy(s);
+  kvrt_model_destroy(m);
+  kvrt_runtime_destroy(rt);
+  free(a);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_budget_refusal_leaves_state),
@@ -655,6 +715,7 @@ int main(void) {
       cmocka_unit_test(test_greedy_reference_f16),
       cmocka_unit_test(test_concurrent_sessions),
       cmocka_unit_test(test_abort_from_other_thread),
+      cmocka_unit_test(test_timers),
   };
   return cmocka_run_group_tests_name("api-state", tests, NULL, NULL);
 }
