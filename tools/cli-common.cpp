@@ -221,11 +221,12 @@ std::string resolve_model_path(const std::string& given) {
 // ---------------------------------------------------------------------------
 // Handles
 
-RuntimePtr make_runtime(uint32_t n_threads, uint64_t kv_budget_bytes) {
+RuntimePtr make_runtime(uint32_t n_threads, uint64_t kv_budget_bytes, uint32_t block_tokens) {
   kvrt_runtime_params p;
   kvrt_runtime_default_params(&p);
   p.n_threads = n_threads;
   if (kv_budget_bytes != 0) p.kv_budget_bytes = kv_budget_bytes;
+  if (block_tokens != 0) p.block_tokens = block_tokens;
   kvrt_runtime* r = nullptr;
   check(kvrt_runtime_create(&p, &r), "creating the runtime");
   return RuntimePtr(r);

@@ -105,7 +105,8 @@ struct StoreDeleter {
 };
 using StorePtr = std::unique_ptr<kvrt_store, StoreDeleter>;
 
-RuntimePtr make_runtime(uint32_t n_threads, uint64_t kv_budget_bytes /*0: default*/);
+RuntimePtr make_runtime(uint32_t n_threads, uint64_t kv_budget_bytes /*0: default*/,
+                        uint32_t block_tokens = 0 /*0: default*/);
 ModelPtr load_model(kvrt_runtime* runtime, const std::string& path);
 StorePtr open_store(const std::string& dir);  // creates the folder when missing
 kvrt_model_info model_info(const kvrt_model* model);

@@ -1,6 +1,7 @@
 // `kvrt bench`: measures prefill and decode speed per KV format, thread count
 // and context depth, and optionally the memory-bandwidth roofline of decode.
 #include <algorithm>
+#include <functional>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -22,7 +23,7 @@ namespace {
 void print_help() {
   std::printf(
       "usage: kvrt bench [-m MODEL] [-t T,T,...] [--depth D,D,...] [-n N] [--kv F,F,...]\n"
-      "                  [-r R] [--one-prefill] [--json] [--bandwidth]\n"
+      "                  [-r R] [--block-tokens B] [--one-prefill] [--json] [--bandwidth]\n"
       "\n"
       "For each KV format, thread count and depth (in that nesting order):\n"
       "  prefill  a prompt of max(depth, --prefill) random token ids (fixed seed;\n"
@@ -31,11 +32,14 @@ void print_help() {
       "  decode   the session is rewound to `depth` tokens (depth 0: an empty\n"
       "           context), then N tokens are decoded one call each, logits\n"
       "           requested and the next id chosen greedily, as a generation loop\n"
-      "           does; decode tok/s = N / elapsed time.\n"
+      "           does; decode tok/s = N / elapsed time; attention ms/token is\n"
+      "           the part of each step spent in attention over the cache (all\n"
+      "           layers; the session's attention_ns statistic).\n"
       "Each configuration runs R times in a fresh session; the MEDIAN is reported.\n"
       "With --one-prefill, each (format, threads) pair prefills one session once,\n"
       "to the largest depth, and every decode run rewinds it to its depth: deep\n"
-      "contexts (16K tokens) then cost one prefill instead of one per run.\n"
+      "contexts (16K tokens) then cost one prefill instead of one per run;\n"
+      "depths then run (and print) deepest first.\n"
       "Each (format, threads) pair gets its own runtime, with a KV budget just\n"
       "large enough for the largest depth.\n"
       "\n"
@@ -48,6 +52,8 @@ void print_help() {
       "      --prefill N         shortest prompt the prefill is timed on (default 512)\n"
       "      --kv F,...          KV formats: f32, f16, bf16, q8, q4 or K/V (default f16)\n"
       "  -r, --repeats R         runs per configuration; the median is kept (default 3)\n"
+      "      --block-tokens B    positions per KV block, 1..1024 (default: the\n"
+      "                          library's, 16); q8/q4 quantize keys per block\n"
       "      --one-prefill       one prefill per format and thread count, shared by\n"
       "                          every depth and repeat (prefill tok/s: that prefill)\n"
       "      --json              one JSON object per line per configuration\n"
@@ -66,6 +72,7 @@ struct BenchOptions {
   uint32_t prefill_min = 512;
   std::vector<std::pair<uint32_t, uint32_t>> kv{{KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16}};
   uint32_t repeats = 3;
+  uint32_t block_tokens = 0;  // 0: the library's default
   bool one_prefill = false;
   bool json = false;
   bool bandwidth = false;
@@ -219,18 +226,32 @@ double prefill(kvrt_session* session, const std::vector<int32_t>& prompt, std::v
   return prompt.size() / (now_seconds() - t0);
 }
 
-// Rewinds to `depth` and decodes n tokens greedily, one call each; returns tokens/s.
-double decode_from(kvrt_session* session, uint32_t depth, uint32_t n_decode, int32_t first_token,
-                   std::vector<float>& logits) {
+uint64_t attention_ns(const kvrt_session* session) {
+  kvrt_session_stats st{};
+  st.struct_size = sizeof st;
+  check(kvrt_session_get_stats(session, &st), "reading session stats");
+  return st.attention_ns;
+}
+
+struct DecodeRun {
+  double tok_s;            // tokens per second of the whole loop
+  double attn_ms_per_tok;  // of which attention over the cache, per token
+};
+
+// Rewinds to `depth` and decodes n tokens greedily, one call each.
+DecodeRun decode_from(kvrt_session* session, uint32_t depth, uint32_t n_decode, int32_t first_token,
+                      std::vector<float>& logits) {
   check(kvrt_session_rewind(session, depth), "rewinding to depth " + std::to_string(depth));
   int32_t token = first_token;
+  const uint64_t a0 = attention_ns(session);
   const double t0 = now_seconds();
   for (uint32_t i = 0; i < n_decode; ++i) {
     check(kvrt_decode_step(session, &token, 1, logits.data(), logits.size()),
           "decoding at position " + std::to_string(depth + i));
     check(kvrt_session_sample(session, logits.data(), logits.size(), &token), "sampling");
   }
-  return n_decode / (now_seconds() - t0);
+  const double elapsed = now_seconds() - t0;
+  return {n_decode / elapsed, static_cast<double>(attention_ns(session) - a0) / 1e6 / n_decode};
 }
 
 }  // namespace
@@ -270,6 +291,9 @@ int cmd_bench(int argc, char** argv) {
     } else if (a.is("-r", "--repeats")) {
       o.repeats = parse_u32(opt, a.value());
       if (o.repeats == 0) usage_error("-r must be above 0");
+    } else if (a.is("--block-tokens")) {
+      o.block_tokens = parse_u32(opt, a.value());
+      if (o.block_tokens == 0 || o.block_tokens > 1024) usage_error("--block-tokens must be in 1..1024");
     } else if (a.is("--one-prefill")) {
       o.one_prefill = true;
     } else if (a.is("--json")) {
@@ -293,7 +317,7 @@ int cmd_bench(int argc, char** argv) {
   std::vector<uint64_t> kv_bpt(o.kv.size(), 0);
   std::vector<std::string> kv_error(o.kv.size());
   {
-    RuntimePtr probe_rt = make_runtime(1, 0);
+    RuntimePtr probe_rt = make_runtime(1, 0, o.block_tokens);
     ModelPtr probe = load_model(probe_rt.get(), path);
     info = model_info(probe.get());
     for (size_t i = 0; i < o.kv.size(); ++i) {
@@ -352,9 +376,9 @@ int cmd_bench(int argc, char** argv) {
     else
       std::printf("decode of %u tokens, %u run%s per row (median); prefill on max(depth, %u) tokens\n\n",
                   o.n_decode, o.repeats, o.repeats == 1 ? "" : "s", o.prefill_min);
-    std::printf("| kv | threads | depth | prefill tok/s | decode tok/s | ms/token |%s\n",
+    std::printf("| kv | threads | depth | prefill tok/s | decode tok/s | ms/token | attention ms/token |%s\n",
                 o.bandwidth ? " roofline tok/s | roofline frac |" : "");
-    std::printf("|---|---:|---:|---:|---:|---:|%s\n", o.bandwidth ? "---:|---:|" : "");
+    std::printf("|---|---:|---:|---:|---:|---:|---:|%s\n", o.bandwidth ? "---:|---:|" : "");
     std::fflush(stdout);
   }
 
@@ -370,11 +394,12 @@ int cmd_bench(int argc, char** argv) {
         // for blocks the pool may hand out around the edges.
         kvrt_runtime_params rp;
         kvrt_runtime_default_params(&rp);
+        const uint64_t bt = o.block_tokens ? o.block_tokens : rp.block_tokens;
         const uint64_t max_tokens = std::max<uint64_t>(prompt_max, max_depth + o.n_decode);
-        const uint64_t blocks = (max_tokens + rp.block_tokens - 1) / rp.block_tokens + 2;
-        const uint64_t budget = blocks * rp.block_tokens * bpt + (16ull << 20);
+        const uint64_t blocks = (max_tokens + bt - 1) / bt + 2;
+        const uint64_t budget = blocks * bt * bpt + (16ull << 20);
 
-        RuntimePtr runtime = make_runtime(threads, budget);
+        RuntimePtr runtime = make_runtime(threads, budget, o.block_tokens);
         ModelPtr model = load_model(runtime.get(), path);
         kvrt_runtime_stats rs{};
         rs.struct_size = sizeof rs;
@@ -390,22 +415,31 @@ int cmd_bench(int argc, char** argv) {
           shared = new_session(model.get(), fk, fv, std::min(n_ctx, info.n_ctx_train));
           shared_prefill_tok_s = prefill(shared.get(), prompt_all, logits);
         }
-        for (uint32_t depth : o.depths) {
+        // A shared session can only be rewound, and a decode run leaves its
+        // own tokens after `depth`: deepest first, every run's context is
+        // then the prompt's first `depth` tokens.
+        std::vector<uint32_t> depths = o.depths;
+        if (shared) std::sort(depths.begin(), depths.end(), std::greater<uint32_t>());
+        for (uint32_t depth : depths) {
           const uint32_t n_prompt = std::min(std::max(depth, o.prefill_min), info.n_ctx_train);
           const std::vector<int32_t> prompt(prompt_all.begin(), prompt_all.begin() + n_prompt);
           const uint32_t n_ctx = std::max<uint32_t>(n_prompt, depth + o.n_decode);
-          std::vector<double> pre, dec;
+          std::vector<double> pre, dec, attn;
           for (uint32_t r = 0; r < o.repeats; ++r) {
             if (shared) {
               pre.push_back(shared_prefill_tok_s);
-              dec.push_back(decode_from(shared.get(), depth, o.n_decode, first_token, logits));
+              const DecodeRun d = decode_from(shared.get(), depth, o.n_decode, first_token, logits);
+              dec.push_back(d.tok_s);
+              attn.push_back(d.attn_ms_per_tok);
               continue;
             }
             SessionPtr session = new_session(model.get(), fk, fv, n_ctx);
             pre.push_back(prefill(session.get(), prompt, logits));
-            dec.push_back(decode_from(session.get(), depth, o.n_decode, first_token, logits));
+            const DecodeRun d = decode_from(session.get(), depth, o.n_decode, first_token, logits);
+            dec.push_back(d.tok_s);
+            attn.push_back(d.attn_ms_per_tok);
           }
-          const double prefill_tok_s = median(pre), decode_tok_s = median(dec);
+          const double prefill_tok_s = median(pre), decode_tok_s = median(dec), attn_ms = median(attn);
           double bw = 0, roof = 0, frac = 0;
           if (o.bandwidth) {
             auto it = bandwidth.find(used_threads);
@@ -416,17 +450,18 @@ int cmd_bench(int argc, char** argv) {
           if (o.json) {
             std::printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"decode_weight_bytes\":%" PRIu64 ",\"kv_bytes_per_token\":%" PRIu64
                         ",\"kv\":\"%s\",\"threads\":%u,\"depth\":%u,\"n_decode\":%u,\"prefill_tokens\":%u,"
-                        "\"repeats\":%u,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"ms_per_token\":%.4f",
+                        "\"repeats\":%u,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"ms_per_token\":%.4f,"
+                        "\"attention_ms_per_token\":%.4f",
                         json_escape(path).c_str(), info.weight_bytes, info.decode_weight_bytes, bpt, kv_name.c_str(), used_threads,
                         depth, o.n_decode, shared ? prompt_max : n_prompt, o.repeats, prefill_tok_s, decode_tok_s,
-                        1e3 / decode_tok_s);
+                        1e3 / decode_tok_s, attn_ms);
             if (o.bandwidth)
               std::printf(",\"bandwidth_bytes_s\":%.0f,\"roofline_tok_s\":%.3f,\"roofline_frac\":%.4f", bw,
                           roof, frac);
             std::printf("}\n");
           } else {
-            std::printf("| %s | %u | %u | %.1f | %.1f | %.3f |", kv_name.c_str(), used_threads, depth,
-                        prefill_tok_s, decode_tok_s, 1e3 / decode_tok_s);
+            std::printf("| %s | %u | %u | %.1f | %.1f | %.3f | %.3f |", kv_name.c_str(), used_threads, depth,
+                        prefill_tok_s, decode_tok_s, 1e3 / decode_tok_s, attn_ms);
             if (o.bandwidth) std::printf(" %.1f | %.3f |", roof, frac);
             std::printf("\n");
           }

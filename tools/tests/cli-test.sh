@@ -163,13 +163,29 @@ import json, sys
 for line in open(sys.argv[1]):
     o = json.loads(line)
     assert o["prefill_tok_s"] > 0 and o["decode_tok_s"] > 0, o
-' "$out" || fail "a line is not valid JSON with positive speeds"
+    # Attention over the cache is a part of each step, never all of it.
+    assert 0 < o["attention_ms_per_token"] < o["ms_per_token"], o
+' "$out" || fail "a line is not valid JSON with positive speeds and attention inside the step"
     fi
+    # Bigger blocks spread q8's per-block key scales over more tokens:
+    # 5 layers x 4 heads x (K 32x8 + 8 f16 scales, V 32x8 + 32 f16 scales)
+    # / 32 = 370 bytes per token (380 with the default 16-token blocks).
+    run bench -m "$model" --json -n 2 --depth 40 -r 1 -t 1 --kv q8 --block-tokens 32
+    expect_rc 0 "bench --block-tokens 32"
+    grep -q '"kv_bytes_per_token":370,' "$out" || fail "q8 with 32-token blocks is not 370 bytes per token"
+    run bench -m "$model" -n 2 --depth 40 -r 1 -t 1 --block-tokens 0
+    expect_rc 2 "bench --block-tokens 0"
+    grep -q -- "--block-tokens" "$err" || fail "the message does not name --block-tokens"
+    run bench -m "$model" -n 2 --depth 40 -r 1 -t 1 --block-tokens 1025
+    expect_rc 2 "bench --block-tokens 1025"
     # One shared prefill to the largest depth (600 > --prefill 512), rewound
-    # for every depth and repeat, q8 included (rewinds into quantized blocks).
-    run bench -m "$model" --json -n 4 --depth 600,40,0 -r 2 -t 1 --one-prefill --kv f16,q8
+    # for every depth and repeat, q8 included (rewinds into quantized blocks);
+    # depths given in any order run deepest first.
+    run bench -m "$model" --json -n 4 --depth 40,600,0 -r 2 -t 1 --one-prefill --kv f16,q8
     expect_rc 0 "bench --one-prefill"
     [ "$(wc -l <"$out")" -eq 6 ] || fail "expected 6 JSON lines from --one-prefill"
+    [ "$(grep -o '"depth":[0-9]*' "$out" | head -3 | tr '\n' ' ')" = '"depth":600 "depth":40 "depth":0 ' ] ||
+      fail "--one-prefill rows are not deepest first"
     [ "$(grep -c '"prefill_tokens":600,' "$out")" -eq 6 ] || fail "--one-prefill rows do not all name the one 600-token prefill"
     grep -q '"kv":"q8","threads":1,"depth":40,' "$out" || fail "no q8 row at depth 40"
     run bench -m "$model" -n 2 --depth 16 -r 1 -t 1 --bandwidth --bandwidth-size 16M
