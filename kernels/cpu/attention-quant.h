@@ -50,6 +50,11 @@ struct QAttnBlock {
   const uint16_t* v_scales;
   const uint16_t* v_mins;
   uint32_t n;
+  // A later block's K and V head parts (null: none) for block_q to prefetch
+  // while it works on this one, spread between its steps.
+  const uint8_t* pf_k;
+  const uint8_t* pf_v;
+  uint32_t pf_k_bytes, pf_v_bytes;
 };
 // Blocks per QAttnOps::block_q call.
 constexpr uint32_t kQAttnBatchBlocks = 4;
