@@ -34,6 +34,8 @@ void print_help() {
       "  --ctx N             tokens per session (default: the model's context);\n"
       "                      longer streams continue in new sessions\n"
       "  -t, --threads N     worker threads (default: one per core)\n"
+      "  --block-tokens B    positions per KV block, 1..1024 (default 16); q8/q4\n"
+      "                      keys share one scale per channel across a block\n"
       "  --json              one JSON object per format instead of a table\n"
       "\n"
       "Reported: mean_kl and max_kl, KL(f32 || format) in nats per position;\n"
@@ -47,7 +49,7 @@ struct Options {
   uint64_t generate = 0;
   float temp = 1.0f;
   uint64_t seed = 1;
-  uint32_t ctx = 0, threads = 0;
+  uint32_t ctx = 0, threads = 0, block_tokens = 0;  // 0: the library's default
   bool json = false;
 };
 
@@ -138,6 +140,9 @@ int cmd_eval_kv(int argc, char** argv) {
       o.ctx = parse_u32("--ctx", a.value());
     } else if (a.is("-t", "--threads")) {
       o.threads = parse_u32("--threads", a.value());
+    } else if (a.is("--block-tokens")) {
+      o.block_tokens = parse_u32("--block-tokens", a.value());
+      if (o.block_tokens == 0 || o.block_tokens > 1024) usage_error("--block-tokens must be in 1..1024");
     } else if (a.is("--json")) {
       o.json = true;
     } else {
@@ -150,7 +155,7 @@ int cmd_eval_kv(int argc, char** argv) {
   if (o.ctx == 1) usage_error("--ctx must be at least 2");
 
   const std::string path = resolve_model_path(o.model);
-  RuntimePtr runtime = make_runtime(o.threads, 0);
+  RuntimePtr runtime = make_runtime(o.threads, 0, o.block_tokens);
   ModelPtr model = load_model(runtime.get(), path);
   const kvrt_model_info info = model_info(model.get());
   const uint32_t n_ctx = o.ctx ? o.ctx : info.n_ctx_train;
@@ -213,10 +218,16 @@ int cmd_eval_kv(int argc, char** argv) {
     }
   }
   const double secs = now_seconds() - t0;
+  uint32_t block_tokens = o.block_tokens;
+  if (block_tokens == 0) {
+    kvrt_runtime_params rp;
+    kvrt_runtime_default_params(&rp);
+    block_tokens = rp.block_tokens;
+  }
 
   if (!o.json) {
-    std::printf("model %s, %zu tokens in sessions of %u, %.1f s\n", path.c_str(), stream.size(),
-                n_ctx, secs);
+    std::printf("model %s, %zu tokens in sessions of %u, blocks of %u, %.1f s\n", path.c_str(),
+                stream.size(), n_ctx, block_tokens, secs);
     std::printf("%-8s %8s %11s %11s %8s %9s %9s\n", "kv", "tokens", "mean_kl", "max_kl", "top1",
                 "ppl_ref", "ppl");
   }
@@ -227,9 +238,9 @@ int cmd_eval_kv(int argc, char** argv) {
     const double ppl = std::exp(t.nll / (t.n_nll ? t.n_nll : 1));
     const std::string name = kv_pair_name(o.kv[j].first, o.kv[j].second);
     if (o.json)
-      std::printf("{\"kv\":\"%s\",\"tokens\":%" PRIu64 ",\"mean_kl\":%.6g,\"max_kl\":%.6g,"
-                  "\"top1\":%.6f,\"ppl_ref\":%.6f,\"ppl\":%.6f}\n",
-                  name.c_str(), t.n, mean, t.kl_max, top1, ppl_ref, ppl);
+      std::printf("{\"kv\":\"%s\",\"block_tokens\":%u,\"tokens\":%" PRIu64 ",\"mean_kl\":%.6g,"
+                  "\"max_kl\":%.6g,\"top1\":%.6f,\"ppl_ref\":%.6f,\"ppl\":%.6f}\n",
+                  name.c_str(), block_tokens, t.n, mean, t.kl_max, top1, ppl_ref, ppl);
     else
       std::printf("%-8s %8" PRIu64 " %11.3e %11.3e %7.2f%% %9.4f %9.4f\n", name.c_str(), t.n, mean,
                   t.kl_max, 100.0 * top1, ppl_ref, ppl);

@@ -195,6 +195,41 @@ for line in open(sys.argv[1]):
     grep -q "^| f16 | 1 | 16 |" "$out" || fail "no row for f16, 1 thread, depth 16"
     ;;
 
+  eval-kv)
+    # q8 stays closer to the f32 cache than q4 (KL and top-1 of a short
+    # generated stream), every key is there, and the block size is the one
+    # asked for.
+    run eval-kv -m "$model" --kv q8,q4 --generate 300 --json -t 1
+    expect_rc 0 "eval-kv --json"
+    [ "$(wc -l <"$out")" -eq 2 ] || fail "expected 2 JSON lines from eval-kv"
+    if command -v python3 >/dev/null; then
+      python3 -c '
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+q8, q4 = rows
+assert q8["kv"] == "q8" and q4["kv"] == "q4", rows
+for r in rows:
+    assert r["tokens"] == 300 and r["block_tokens"] == 16, r
+    assert 0 <= r["mean_kl"] <= r["max_kl"] and 0 < r["top1"] <= 1 and r["ppl_ref"] > 1, r
+assert q8["mean_kl"] < 1e-3 and q8["top1"] >= 0.98, q8
+assert q4["mean_kl"] > q8["mean_kl"], rows
+' "$out" || fail "eval-kv JSON does not hold q8 closer to f32 than q4, under q8's KL target"
+    fi
+    run eval-kv -m "$model" --kv q8 --generate 40 --json -t 1 --block-tokens 32
+    expect_rc 0 "eval-kv --block-tokens 32"
+    grep -q '"block_tokens":32,' "$out" || fail "eval-kv does not report 32-token blocks"
+    run eval-kv -m "$model" --kv q8 --generate 40 --block-tokens 0
+    expect_rc 2 "eval-kv --block-tokens 0"
+    grep -q -- "--block-tokens" "$err" || fail "the message does not name --block-tokens"
+    run eval-kv -m "$model" --generate 40
+    expect_rc 2 "eval-kv without --kv"
+    grep -q -- "--kv" "$err" || fail "the message does not name --kv"
+    run eval-kv -m "$model" --kv q8
+    expect_rc 2 "eval-kv without --text or --generate"
+    run eval-kv -m "$model" --kv q5 --generate 40
+    expect_rc 2 "eval-kv --kv q5"
+    ;;
+
   snapshot)
     # Save after 32 tokens, load and generate 32 more: the two texts joined
     # are the text of one uninterrupted 64-token run (greedy and sampled,
