@@ -34,7 +34,9 @@ void print_help() {
       "           requested and the next id chosen greedily, as a generation loop\n"
       "           does; decode tok/s = N / elapsed time; attention ms/token is\n"
       "           the part of each step spent in attention over the cache (all\n"
-      "           layers; the session's attention_ns statistic).\n"
+      "           layers; the session's attention_ns statistic), and attention\n"
+      "           GB/s the cache bytes it reads per second (the mean context of\n"
+      "           the N steps x KV bytes per token / attention time).\n"
       "Each configuration runs R times in a fresh session; the MEDIAN is reported.\n"
       "With --one-prefill, each (format, threads) pair prefills one session once,\n"
       "to the largest depth, and every decode run rewinds it to its depth: deep\n"
@@ -376,9 +378,9 @@ int cmd_bench(int argc, char** argv) {
     else
       std::printf("decode of %u tokens, %u run%s per row (median); prefill on max(depth, %u) tokens\n\n",
                   o.n_decode, o.repeats, o.repeats == 1 ? "" : "s", o.prefill_min);
-    std::printf("| kv | threads | depth | prefill tok/s | decode tok/s | ms/token | attention ms/token |%s\n",
+    std::printf("| kv | threads | depth | prefill tok/s | decode tok/s | ms/token | attention ms/token | attention GB/s |%s\n",
                 o.bandwidth ? " roofline tok/s | roofline frac |" : "");
-    std::printf("|---|---:|---:|---:|---:|---:|---:|%s\n", o.bandwidth ? "---:|---:|" : "");
+    std::printf("|---|---:|---:|---:|---:|---:|---:|---:|%s\n", o.bandwidth ? "---:|---:|" : "");
     std::fflush(stdout);
   }
 
@@ -440,6 +442,9 @@ int cmd_bench(int argc, char** argv) {
             attn.push_back(d.attn_ms_per_tok);
           }
           const double prefill_tok_s = median(pre), decode_tok_s = median(dec), attn_ms = median(attn);
+          // Cache bytes one step's attention reads, at the mean context of the steps.
+          const double step_kv_bytes = (depth + (o.n_decode - 1) / 2.0 + 1) * static_cast<double>(bpt);
+          const double attn_bytes_s = attn_ms > 0 ? step_kv_bytes / (attn_ms * 1e-3) : 0.0;
           double bw = 0, roof = 0, frac = 0;
           if (o.bandwidth) {
             auto it = bandwidth.find(used_threads);
@@ -451,17 +456,17 @@ int cmd_bench(int argc, char** argv) {
             std::printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"decode_weight_bytes\":%" PRIu64 ",\"kv_bytes_per_token\":%" PRIu64
                         ",\"kv\":\"%s\",\"threads\":%u,\"depth\":%u,\"n_decode\":%u,\"prefill_tokens\":%u,"
                         "\"repeats\":%u,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"ms_per_token\":%.4f,"
-                        "\"attention_ms_per_token\":%.4f",
+                        "\"attention_ms_per_token\":%.4f,\"attention_bytes_s\":%.0f",
                         json_escape(path).c_str(), info.weight_bytes, info.decode_weight_bytes, bpt, kv_name.c_str(), used_threads,
                         depth, o.n_decode, shared ? prompt_max : n_prompt, o.repeats, prefill_tok_s, decode_tok_s,
-                        1e3 / decode_tok_s, attn_ms);
+                        1e3 / decode_tok_s, attn_ms, attn_bytes_s);
             if (o.bandwidth)
               std::printf(",\"bandwidth_bytes_s\":%.0f,\"roofline_tok_s\":%.3f,\"roofline_frac\":%.4f", bw,
                           roof, frac);
             std::printf("}\n");
           } else {
-            std::printf("| %s | %u | %u | %.1f | %.1f | %.3f | %.3f |", kv_name.c_str(), used_threads, depth,
-                        prefill_tok_s, decode_tok_s, 1e3 / decode_tok_s, attn_ms);
+            std::printf("| %s | %u | %u | %.1f | %.1f | %.3f | %.3f | %.2f |", kv_name.c_str(), used_threads, depth,
+                        prefill_tok_s, decode_tok_s, 1e3 / decode_tok_s, attn_ms, attn_bytes_s / 1e9);
             if (o.bandwidth) std::printf(" %.1f | %.3f |", roof, frac);
             std::printf("\n");
           }

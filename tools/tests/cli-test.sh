@@ -165,6 +165,7 @@ for line in open(sys.argv[1]):
     assert o["prefill_tok_s"] > 0 and o["decode_tok_s"] > 0, o
     # Attention over the cache is a part of each step, never all of it.
     assert 0 < o["attention_ms_per_token"] < o["ms_per_token"], o
+    assert o["attention_bytes_s"] > 0, o
 ' "$out" || fail "a line is not valid JSON with positive speeds and attention inside the step"
     fi
     # Bigger blocks spread q8's per-block key scales over more tokens:
