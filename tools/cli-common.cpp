@@ -98,6 +98,18 @@ uint32_t parse_u32(const std::string& opt, const std::string& text) {
   return static_cast<uint32_t>(v);
 }
 
+uint32_t parse_block_tokens(const std::string& opt, const std::string& text) {
+  const uint32_t v = parse_u32(opt, text);
+  if (v == 0 || v > 1024) bad_value(opt, text, "positions per block in 1..1024");
+  return v;
+}
+
+uint32_t default_block_tokens() {
+  kvrt_runtime_params p;
+  kvrt_runtime_default_params(&p);
+  return p.block_tokens;
+}
+
 float parse_float(const std::string& opt, const std::string& text) {
   errno = 0;
   char* end = nullptr;

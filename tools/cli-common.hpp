@@ -67,6 +67,10 @@ float parse_float(const std::string& opt, const std::string& text);
 // A byte count: a plain number or one with a binary suffix K, M, G, T
 // (optionally followed by "iB" or "B"), such as 512M, 2G, 1.5GiB, 4096.
 uint64_t parse_size(const std::string& opt, const std::string& text);
+// --block-tokens: positions per KV block, 1..1024.
+uint32_t parse_block_tokens(const std::string& opt, const std::string& text);
+// The library's default positions per KV block.
+uint32_t default_block_tokens();
 // Comma-separated list ("1,2,4").
 std::vector<std::string> split_list(const std::string& text);
 

@@ -74,7 +74,7 @@ struct BenchOptions {
   uint32_t prefill_min = 512;
   std::vector<std::pair<uint32_t, uint32_t>> kv{{KVRT_KV_FORMAT_F16, KVRT_KV_FORMAT_F16}};
   uint32_t repeats = 3;
-  uint32_t block_tokens = 0;  // 0: the library's default
+  uint32_t block_tokens = default_block_tokens();
   bool one_prefill = false;
   bool json = false;
   bool bandwidth = false;
@@ -294,8 +294,7 @@ int cmd_bench(int argc, char** argv) {
       o.repeats = parse_u32(opt, a.value());
       if (o.repeats == 0) usage_error("-r must be above 0");
     } else if (a.is("--block-tokens")) {
-      o.block_tokens = parse_u32(opt, a.value());
-      if (o.block_tokens == 0 || o.block_tokens > 1024) usage_error("--block-tokens must be in 1..1024");
+      o.block_tokens = parse_block_tokens(opt, a.value());
     } else if (a.is("--one-prefill")) {
       o.one_prefill = true;
     } else if (a.is("--json")) {
@@ -394,9 +393,7 @@ int cmd_bench(int argc, char** argv) {
         if (bpt == 0) throw CliError(kExitFailure, kv_error[ki]);
         // The budget holds the largest session in whole blocks, plus a margin
         // for blocks the pool may hand out around the edges.
-        kvrt_runtime_params rp;
-        kvrt_runtime_default_params(&rp);
-        const uint64_t bt = o.block_tokens ? o.block_tokens : rp.block_tokens;
+        const uint64_t bt = o.block_tokens;
         const uint64_t max_tokens = std::max<uint64_t>(prompt_max, max_depth + o.n_decode);
         const uint64_t blocks = (max_tokens + bt - 1) / bt + 2;
         const uint64_t budget = blocks * bt * bpt + (16ull << 20);

@@ -49,7 +49,7 @@ struct Options {
   uint64_t generate = 0;
   float temp = 1.0f;
   uint64_t seed = 1;
-  uint32_t ctx = 0, threads = 0, block_tokens = 0;  // 0: the library's default
+  uint32_t ctx = 0, threads = 0, block_tokens = default_block_tokens();
   bool json = false;
 };
 
@@ -141,8 +141,7 @@ int cmd_eval_kv(int argc, char** argv) {
     } else if (a.is("-t", "--threads")) {
       o.threads = parse_u32("--threads", a.value());
     } else if (a.is("--block-tokens")) {
-      o.block_tokens = parse_u32("--block-tokens", a.value());
-      if (o.block_tokens == 0 || o.block_tokens > 1024) usage_error("--block-tokens must be in 1..1024");
+      o.block_tokens = parse_block_tokens("--block-tokens", a.value());
     } else if (a.is("--json")) {
       o.json = true;
     } else {
@@ -218,16 +217,10 @@ int cmd_eval_kv(int argc, char** argv) {
     }
   }
   const double secs = now_seconds() - t0;
-  uint32_t block_tokens = o.block_tokens;
-  if (block_tokens == 0) {
-    kvrt_runtime_params rp;
-    kvrt_runtime_default_params(&rp);
-    block_tokens = rp.block_tokens;
-  }
 
   if (!o.json) {
     std::printf("model %s, %zu tokens in sessions of %u, blocks of %u, %.1f s\n", path.c_str(),
-                stream.size(), n_ctx, block_tokens, secs);
+                stream.size(), n_ctx, o.block_tokens, secs);
     std::printf("%-8s %8s %11s %11s %8s %9s %9s\n", "kv", "tokens", "mean_kl", "max_kl", "top1",
                 "ppl_ref", "ppl");
   }
@@ -240,7 +233,7 @@ int cmd_eval_kv(int argc, char** argv) {
     if (o.json)
       std::printf("{\"kv\":\"%s\",\"block_tokens\":%u,\"tokens\":%" PRIu64 ",\"mean_kl\":%.6g,"
                   "\"max_kl\":%.6g,\"top1\":%.6f,\"ppl_ref\":%.6f,\"ppl\":%.6f}\n",
-                  name.c_str(), block_tokens, t.n, mean, t.kl_max, top1, ppl_ref, ppl);
+                  name.c_str(), o.block_tokens, t.n, mean, t.kl_max, top1, ppl_ref, ppl);
     else
       std::printf("%-8s %8" PRIu64 " %11.3e %11.3e %7.2f%% %9.4f %9.4f\n", name.c_str(), t.n, mean,
                   t.kl_max, 100.0 * top1, ppl_ref, ppl);

@@ -37,7 +37,7 @@ int cmd_mem(int argc, char** argv) {
   std::string model_arg;
   uint64_t budget = 1ull << 30;
   uint32_t n_ctx = 0;
-  uint32_t block_tokens = 16;
+  uint32_t block_tokens = default_block_tokens();
   bool extra_pair = false;
   uint32_t extra_k = 0, extra_v = 0;
 
@@ -55,8 +55,7 @@ int cmd_mem(int argc, char** argv) {
       n_ctx = parse_u32(opt, a.value());
       if (n_ctx == 0) usage_error("--ctx must be above 0");
     } else if (a.is("--block-tokens")) {
-      block_tokens = parse_u32(opt, a.value());
-      if (block_tokens == 0 || block_tokens > 1024) usage_error("--block-tokens must be in 1..1024");
+      block_tokens = parse_block_tokens(opt, a.value());
     } else if (a.is("--kv")) {
       parse_kv_pair(opt, a.value(), &extra_k, &extra_v);
       extra_pair = true;

@@ -27,6 +27,12 @@ static float* alloc_logits(void) {
   return p;
 }
 
+/* The session's compute and attention timers read the same in both. */
+static void assert_same_timers(const kvrt_session_stats* a, const kvrt_session_stats* b) {
+  assert_true(a->compute_ns == b->compute_ns);
+  assert_true(a->attention_ns == b->attention_ns);
+}
+
 static void assert_same_state(const kvrt_session* s, const kvrt_session_stats* before,
                               const int32_t* tokens_before) {
   kvrt_session_stats now = tu_session_stats(s);
@@ -35,8 +41,7 @@ static void assert_same_state(const kvrt_session* s, const kvrt_session_stats* b
   assert_int_equal(now.n_tokens, before->n_tokens);
   assert_int_equal(now.n_blocks, before->n_blocks);
   assert_true(now.kv_bytes == before->kv_bytes);
-  assert_true(now.compute_ns == before->compute_ns);
-  assert_true(now.attention_ns == before->attention_ns);
+  assert_same_timers(&now, before);
   toks = (int32_t*)malloc((before->n_tokens + 1) * sizeof(int32_t));
   assert_non_null(toks);
   EXPECT_OK(kvrt_session_get_tokens(s, toks, before->n_tokens + 1, &n));
@@ -618,8 +623,7 @@ static void test_abort_from_other_thread(void** state) {
     } else {
       /* An aborted call adds nothing to the timers either. */
       kvrt_session_stats after = tu_session_stats(s);
-      assert_true(after.compute_ns == before.compute_ns);
-      assert_true(after.attention_ns == before.attention_ns);
+      assert_same_timers(&after, &before);
       if (st != KVRT_ERR_ABORTED)
         fail_msg("decode under abort requests: %d (%s): %s", (int)st, kvrt_status_string(st),
                  kvrt_last_error());
@@ -683,15 +687,15 @@ static void test_timers(void** state) {
   EXPECT_OK(kvrt_session_rewind(s, 20));
   EXPECT_OK(kvrt_session_sample(s, a, V, &next));
   st1 = tu_session_stats(s);
-  assert_true(st1.compute_ns == st2.compute_ns && st1.attention_ns == st2.attention_ns);
+  assert_same_timers(&st1, &st2);
 
   EXPECT_OK(kvrt_session_suspend(s, NULL));
   st1 = tu_session_stats(s);
   assert_int_equal(st1.suspended, 1);
-  assert_true(st1.compute_ns == st2.compute_ns && st1.attention_ns == st2.attention_ns);
+  assert_same_timers(&st1, &st2);
   EXPECT_OK(kvrt_session_resume(s));
   st1 = tu_session_stats(s);
-  assert_true(st1.compute_ns == st2.compute_ns && st1.attention_ns == st2.attention_ns);
+  assert_same_timers(&st1, &st2);
   EXPECT_OK(kvrt_decode_step(s, toks + 20, 1, a, V));
   st1 = tu_session_stats(s);
   assert_true(st1.attention_ns > st2.attention_ns && st1.compute_ns > st2.compute_ns);

@@ -28,7 +28,6 @@
 #include "util/thread-pool.hpp"
 
 using namespace kvrt_k;
-namespace kvrt_k { extern uint32_t g_pfb; extern int g_pfh; }
 
 namespace {
 
@@ -133,7 +132,6 @@ uint64_t read_parts(const Bench& b, uint32_t layer, uint32_t head, uint32_t n_bl
   }
   return r;
 }
-
 
 }  // namespace
 
