@@ -18,8 +18,7 @@ namespace {
 // RB weight rows times MB activation rows: each converted weight vector is
 // used MB times and each activation vector RB times, all sums in registers.
 // U independent accumulators per output break the FMA latency chain when
-// RB * MB is small (the M = 1 decode case, which must stream at memory speed;
-// one row at a time keeps that stream sequential for the prefetcher).
+// RB * MB is small (the M = 1 decode case, which must stream at memory speed).
 template <uint32_t WT, int RB, int MB, int U>
 void tile(const uint8_t* w, size_t row_bytes, size_t k, const float* x, size_t ldx, float* y,
           size_t ldy) {
@@ -113,8 +112,17 @@ void matmul_t(const void* w, size_t k, size_t r0, size_t r1, const float* x, siz
   const size_t rb = weight_row_bytes(WT, k);
   const uint8_t* base = (const uint8_t*)w;
   size_t r = r0;
-  if (n_rows_x == 1) {  // decode: one sequential stream per row
-    for (; r < r1; ++r) tile<WT, 1, 1, 4>(base + r * rb, rb, k, x, ldx, y + r, ldy);
+  if (n_rows_x == 1) {
+    // Decode: four rows a quarter of the range apart at once, so four
+    // streams are in flight (see dot_rows4 in matmul-avx512.cpp); the rows
+    // left over go one at a time.
+    const size_t q = (r1 - r0) / 4;
+    for (; r < r0 + q; ++r) {
+      float t[4];
+      tile<WT, 4, 1, 1>(base + r * rb, q * rb, k, x, ldx, t, 1);
+      for (int i = 0; i < 4; ++i) y[r + i * q] = t[i];
+    }
+    for (r = r0 + 4 * q; r < r1; ++r) tile<WT, 1, 1, 4>(base + r * rb, rb, k, x, ldx, y + r, ldy);
     return;
   }
   constexpr int RB = 4;
