@@ -37,6 +37,9 @@ void print_help() {
       "           layers; the session's attention_ns statistic), and attention\n"
       "           GB/s the cache bytes it reads per second (the mean context of\n"
       "           the N steps x KV bytes per token / attention time).\n"
+      "           p50 ms/token and p50 attention ms are the medians of the single\n"
+      "           steps (all runs pooled): on a shared machine a few steps stalled\n"
+      "           by other load move the means above but not these.\n"
       "Each configuration runs R times in a fresh session; the MEDIAN is reported.\n"
       "With --one-prefill, each (format, threads) pair prefills one session once,\n"
       "to the largest depth, and every decode run rewinds it to its depth: deep\n"
@@ -238,6 +241,7 @@ uint64_t attention_ns(const kvrt_session* session) {
 struct DecodeRun {
   double tok_s;            // tokens per second of the whole loop
   double attn_ms_per_tok;  // of which attention over the cache, per token
+  std::vector<double> step_ms, step_attn_ms;  // each step's own times
 };
 
 // Rewinds to `depth` and decodes n tokens greedily, one call each.
@@ -245,15 +249,28 @@ DecodeRun decode_from(kvrt_session* session, uint32_t depth, uint32_t n_decode, 
                       std::vector<float>& logits) {
   check(kvrt_session_rewind(session, depth), "rewinding to depth " + std::to_string(depth));
   int32_t token = first_token;
+  DecodeRun run{};
+  run.step_ms.reserve(n_decode);
+  run.step_attn_ms.reserve(n_decode);
   const uint64_t a0 = attention_ns(session);
+  uint64_t a_prev = a0;
   const double t0 = now_seconds();
+  double t_prev = t0;
   for (uint32_t i = 0; i < n_decode; ++i) {
     check(kvrt_decode_step(session, &token, 1, logits.data(), logits.size()),
           "decoding at position " + std::to_string(depth + i));
     check(kvrt_session_sample(session, logits.data(), logits.size(), &token), "sampling");
+    const double t = now_seconds();
+    const uint64_t a = attention_ns(session);
+    run.step_ms.push_back((t - t_prev) * 1e3);
+    run.step_attn_ms.push_back(static_cast<double>(a - a_prev) / 1e6);
+    t_prev = t;
+    a_prev = a;
   }
-  const double elapsed = now_seconds() - t0;
-  return {n_decode / elapsed, static_cast<double>(attention_ns(session) - a0) / 1e6 / n_decode};
+  const double elapsed = t_prev - t0;
+  run.tok_s = n_decode / elapsed;
+  run.attn_ms_per_tok = static_cast<double>(a_prev - a0) / 1e6 / n_decode;
+  return run;
 }
 
 }  // namespace
@@ -377,9 +394,10 @@ int cmd_bench(int argc, char** argv) {
     else
       std::printf("decode of %u tokens, %u run%s per row (median); prefill on max(depth, %u) tokens\n\n",
                   o.n_decode, o.repeats, o.repeats == 1 ? "" : "s", o.prefill_min);
-    std::printf("| kv | threads | depth | prefill tok/s | decode tok/s | ms/token | attention ms/token | attention GB/s |%s\n",
+    std::printf("| kv | threads | depth | prefill tok/s | decode tok/s | ms/token | attention ms/token | attention GB/s "
+                "| p50 ms/token | p50 attention ms |%s\n",
                 o.bandwidth ? " roofline tok/s | roofline frac |" : "");
-    std::printf("|---|---:|---:|---:|---:|---:|---:|---:|%s\n", o.bandwidth ? "---:|---:|" : "");
+    std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|%s\n", o.bandwidth ? "---:|---:|" : "");
     std::fflush(stdout);
   }
 
@@ -423,22 +441,24 @@ int cmd_bench(int argc, char** argv) {
           const uint32_t n_prompt = std::min(std::max(depth, o.prefill_min), info.n_ctx_train);
           const std::vector<int32_t> prompt(prompt_all.begin(), prompt_all.begin() + n_prompt);
           const uint32_t n_ctx = std::max<uint32_t>(n_prompt, depth + o.n_decode);
-          std::vector<double> pre, dec, attn;
+          std::vector<double> pre, dec, attn, steps, step_attn;
           for (uint32_t r = 0; r < o.repeats; ++r) {
+            SessionPtr own;
             if (shared) {
               pre.push_back(shared_prefill_tok_s);
-              const DecodeRun d = decode_from(shared.get(), depth, o.n_decode, first_token, logits);
-              dec.push_back(d.tok_s);
-              attn.push_back(d.attn_ms_per_tok);
-              continue;
+            } else {
+              own = new_session(model.get(), fk, fv, n_ctx);
+              pre.push_back(prefill(own.get(), prompt, logits));
             }
-            SessionPtr session = new_session(model.get(), fk, fv, n_ctx);
-            pre.push_back(prefill(session.get(), prompt, logits));
-            const DecodeRun d = decode_from(session.get(), depth, o.n_decode, first_token, logits);
+            const DecodeRun d =
+                decode_from(shared ? shared.get() : own.get(), depth, o.n_decode, first_token, logits);
             dec.push_back(d.tok_s);
             attn.push_back(d.attn_ms_per_tok);
+            steps.insert(steps.end(), d.step_ms.begin(), d.step_ms.end());
+            step_attn.insert(step_attn.end(), d.step_attn_ms.begin(), d.step_attn_ms.end());
           }
           const double prefill_tok_s = median(pre), decode_tok_s = median(dec), attn_ms = median(attn);
+          const double p50_ms = median(steps), p50_attn_ms = median(step_attn);
           // Cache bytes one step's attention reads, at the mean context of the steps.
           const double step_kv_bytes = (depth + (o.n_decode - 1) / 2.0 + 1) * static_cast<double>(bpt);
           const double attn_bytes_s = attn_ms > 0 ? step_kv_bytes / (attn_ms * 1e-3) : 0.0;
@@ -453,17 +473,19 @@ int cmd_bench(int argc, char** argv) {
             std::printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"decode_weight_bytes\":%" PRIu64 ",\"kv_bytes_per_token\":%" PRIu64
                         ",\"kv\":\"%s\",\"threads\":%u,\"depth\":%u,\"n_decode\":%u,\"prefill_tokens\":%u,"
                         "\"repeats\":%u,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"ms_per_token\":%.4f,"
-                        "\"attention_ms_per_token\":%.4f,\"attention_bytes_s\":%.0f",
+                        "\"attention_ms_per_token\":%.4f,\"attention_bytes_s\":%.0f,"
+                        "\"p50_ms_per_token\":%.4f,\"p50_attention_ms\":%.4f",
                         json_escape(path).c_str(), info.weight_bytes, info.decode_weight_bytes, bpt, kv_name.c_str(), used_threads,
                         depth, o.n_decode, shared ? prompt_max : n_prompt, o.repeats, prefill_tok_s, decode_tok_s,
-                        1e3 / decode_tok_s, attn_ms, attn_bytes_s);
+                        1e3 / decode_tok_s, attn_ms, attn_bytes_s, p50_ms, p50_attn_ms);
             if (o.bandwidth)
               std::printf(",\"bandwidth_bytes_s\":%.0f,\"roofline_tok_s\":%.3f,\"roofline_frac\":%.4f", bw,
                           roof, frac);
             std::printf("}\n");
           } else {
-            std::printf("| %s | %u | %u | %.1f | %.1f | %.3f | %.3f | %.2f |", kv_name.c_str(), used_threads, depth,
-                        prefill_tok_s, decode_tok_s, 1e3 / decode_tok_s, attn_ms, attn_bytes_s / 1e9);
+            std::printf("| %s | %u | %u | %.1f | %.1f | %.3f | %.3f | %.2f | %.3f | %.3f |", kv_name.c_str(),
+                        used_threads, depth, prefill_tok_s, decode_tok_s, 1e3 / decode_tok_s, attn_ms,
+                        attn_bytes_s / 1e9, p50_ms, p50_attn_ms);
             if (o.bandwidth) std::printf(" %.1f | %.3f |", roof, frac);
             std::printf("\n");
           }

@@ -166,6 +166,10 @@ for line in open(sys.argv[1]):
     # Attention over the cache is a part of each step, never all of it.
     assert 0 < o["attention_ms_per_token"] < o["ms_per_token"], o
     assert o["attention_bytes_s"] > 0, o
+    # Single-step medians: a step is slower than its attention, and the
+    # median step is within the spread of the mean (4 steps, 1 run).
+    assert 0 < o["p50_attention_ms"] < o["p50_ms_per_token"], o
+    assert o["p50_ms_per_token"] < 4 * o["ms_per_token"], o
 ' "$out" || fail "a line is not valid JSON with positive speeds and attention inside the step"
     fi
     # Bigger blocks spread q8's per-block key scales over more tokens:
