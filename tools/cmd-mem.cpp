@@ -65,7 +65,7 @@ int cmd_mem(int argc, char** argv) {
   }
 
   const std::string path = resolve_model_path(model_arg);
-  RuntimePtr runtime = make_runtime(1, 0);
+  RuntimePtr runtime = make_runtime(1, 0, block_tokens);
   ModelPtr model = load_model(runtime.get(), path);
   const kvrt_model_info info = model_info(model.get());
   if (n_ctx == 0) n_ctx = info.n_ctx_train;

@@ -107,6 +107,17 @@ case "$case_name" in
     # 100 tokens need 7 blocks of 16; 1 MiB holds floor(1048576 / 20480) = 51 blocks.
     grep -q "^| f32 | $f32 | $((112 * f32)) ([^)]*) | $((51 * 16)) |" "$out" ||
       fail "f32 row does not show $((112 * f32)) bytes and $((51 * 16)) tokens"
+    # Bigger blocks spread q4's per-channel key scales over more tokens:
+    # fewer bytes per token, and the budget counted in blocks of 64.
+    q4_16=$(awk -F'|' '$2 == " q4 " { print $3 + 0 }' "$out")
+    run mem -m "$model" --block-tokens 64
+    expect_rc 0 "mem --block-tokens 64"
+    q4_64=$(awk -F'|' '$2 == " q4 " { print $3 + 0 }' "$out")
+    [ -n "$q4_16" ] && [ -n "$q4_64" ] && [ "$q4_64" -lt "$q4_16" ] ||
+      fail "q4 bytes/token with 64-token blocks ($q4_64) not below 16-token blocks' ($q4_16)"
+    tokens=$(( (1073741824 / (64 * q4_64)) * 64 ))
+    grep -q "^| q4 | $q4_64 | [0-9]* ([^)]*) | $tokens |" "$out" ||
+      fail "q4 row with 64-token blocks does not hold $tokens tokens in the budget"
     # Weights: every tensor of the test model is F32.
     params=$(( 512 * 64 * 2 + 64 + 5 * (64 * 2 + 64 * 64 * 2 + 64 * 32 * 2 + 64 * 172 * 3) ))
     grep -q "weights: $params parameters, $((params * 4)) bytes" "$out" ||
