@@ -17,8 +17,10 @@
 #include <thread>
 #include <vector>
 
+#include "backend/backend.hpp"
 #include "kernels/common/fp16.h"
 #include "kernels/cpu/cpu-kernels.h"
+#include "util/thread-pool.hpp"
 
 using namespace kvrt_k;
 
@@ -61,6 +63,23 @@ float sum_bytes(const float* p, size_t n) {
     a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
     a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
     a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+  }
+  __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+  float b[8];
+  _mm256_storeu_ps(b, s);
+  return b[0] + b[1] + b[2] + b[3] + b[4] + b[5] + b[6] + b[7];
+}
+
+// Four streams `per` bytes apart, `per` bytes each, read side by side.
+float sum4(const uint8_t* p, size_t per) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i + 64 <= per; i += 64) {
+    const float* f = (const float*)(p + i);
+    const size_t q = per / 4;
+    a0 = _mm256_add_ps(a0, _mm256_add_ps(_mm256_loadu_ps(f), _mm256_loadu_ps(f + 8)));
+    a1 = _mm256_add_ps(a1, _mm256_add_ps(_mm256_loadu_ps(f + q), _mm256_loadu_ps(f + q + 8)));
+    a2 = _mm256_add_ps(a2, _mm256_add_ps(_mm256_loadu_ps(f + 2 * q), _mm256_loadu_ps(f + 2 * q + 8)));
+    a3 = _mm256_add_ps(a3, _mm256_add_ps(_mm256_loadu_ps(f + 3 * q), _mm256_loadu_ps(f + 3 * q + 8)));
   }
   __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
   float b[8];
@@ -114,6 +133,75 @@ void bench_matvec(uint32_t wtype, size_t rows, size_t k, int threads, size_t m_r
          k, m_rows, threads, g, mat / g / 1e6, 2.0 * rows * k * m_rows * g / mat);
 }
 
+// One decode step's matrix products of the synthetic benchmark model (dim
+// 1024, 12 layers, 4 KV heads of 64, ff 4096, vocab 32000, f16: 430 MB),
+// grouped and split across the thread pool as Session::forward does; and a
+// pass that only reads the same bytes with four streams per thread.
+void bench_decode_step(unsigned threads) {
+  const size_t d = 1024, kvd = 256, ff = 4096, vocab = 32000, n_layer = 12;
+  struct Group {
+    size_t n;
+    size_t rows[3], cols;
+  };
+  const Group layer[4] = {{3, {d, kvd, kvd}, d}, {1, {d}, d}, {2, {ff, ff}, d}, {1, {d}, ff}};
+  size_t total = vocab * d * 2;
+  for (const Group& g : layer)
+    for (size_t i = 0; i < g.n; ++i) total += g.rows[i] * g.cols * 2 * n_layer;
+  std::vector<uint8_t> w(total);
+  for (size_t i = 0; i < w.size(); i += 2) {
+    uint16_t h = f32_to_f16((float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f);
+    memcpy(&w[i], &h, 2);
+  }
+  kvrt::ThreadPool pool(threads);
+  kvrt::CpuBackend be(pool);
+  kvrt::BackendScratch s;
+  std::vector<float> rows(threads * ff), x(ff, 0.5f), y(3 * vocab);
+  s.rows = rows.data();
+  s.row_floats = ff;
+  auto step = [&] {
+    const uint8_t* p = w.data();
+    auto mat = [&](size_t r, size_t c) {
+      kvrt::MatRef m{W_F16, (uint32_t)r, (uint32_t)c, c * 2, p};
+      p += r * c * 2;
+      return m;
+    };
+    for (size_t l = 0; l < n_layer; ++l)
+      for (const Group& g : layer) {
+        kvrt::MatRef m[3];
+        float* out[3];
+        size_t ld[3];
+        for (size_t i = 0; i < g.n; ++i) {
+          m[i] = mat(g.rows[i], g.cols);
+          out[i] = y.data() + i * vocab;
+          ld[i] = g.rows[i];
+        }
+        be.matmul_multi(m, out, ld, g.n, x.data(), 1, s);
+      }
+    kvrt::MatRef out = mat(vocab, d);
+    be.matmul(out, x.data(), 1, y.data(), vocab, s);
+  };
+  std::vector<double> t_step, t_read;
+  std::vector<float> sums(threads);
+  for (int rep = 0; rep < 23; ++rep) {
+    double t0 = now_s();
+    step();
+    double t1 = now_s();
+    pool.run(threads, [&](unsigned task, unsigned) {
+      const size_t per = total / threads / 4 / 128 * 128;  // bytes per stream
+      sums[task] += sum4(w.data() + task * 4 * per, per);
+    });
+    double t2 = now_s();
+    if (rep >= 2) {  // the first passes fault the pages in
+      t_step.push_back(t1 - t0);
+      t_read.push_back(t2 - t1);
+    }
+  }
+  g_sink = sums[0];
+  const double ms = median(t_step) * 1e3, rms = median(t_read) * 1e3;
+  printf("  decode step's products, %.0f MB f16, %u thr: %.2f ms (%.2f GB/s); read only: %.2f ms (%.2f GB/s); %.2fx\n",
+         total / 1e6, threads, ms, total / ms / 1e6, rms, total / rms / 1e6, ms / rms);
+}
+
 void bench_attention(int threads, uint32_t fmt) {
   const uint32_t n_tok = 16384, hd = 64, n_kv = 4, n_head = 16, bt = 16;
   KvLayout L;
@@ -161,6 +249,7 @@ int main(int argc, char** argv) {
     bench_matvec(W_F16, 1024, 4096, thr);
     bench_matvec(W_F16, 32000, 1024, thr);
   }
+  bench_decode_step(2);
   if (!quick) {
     bench_matvec(W_Q8_0, 4096, 4096, 1);
     bench_matvec(W_F32, 4096, 1024, 1);
