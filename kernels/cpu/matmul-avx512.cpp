@@ -111,9 +111,10 @@ float dot_row(const uint8_t* w, size_t k, const float* x) {
 // Decode, four rows at once: rows w, w + stride, w + 2 stride, w + 3 stride
 // (a quarter of the thread's rows apart) into y[0], y[ys], y[2 ys], y[3 ys].
 // One row at a time is one sequential stream, and a core reaches its read
-// bandwidth from memory only with several streams in flight: over a whole
-// decode step's matrices this reads 1.2x faster than dot_row (docs/
-// benchmarks.md, "Weights"). Each x vector serves four rows.
+// bandwidth from memory only with several streams in flight: a decode
+// step's products take 0.8-0.9x the time they took row by row, about the
+// time of only reading their weights (docs/benchmarks.md, "Matrix products
+// alone"). Each x vector serves four rows.
 template <uint32_t WT>
 void dot_rows4(const uint8_t* w, size_t stride, size_t k, const float* x, float* y, size_t ys) {
   const uint8_t* w1 = w + stride;
