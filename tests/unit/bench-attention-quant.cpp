@@ -2,14 +2,16 @@
 // q8 and q4 caches, one query over a long context, through the CPU backend.
 // Build: c++ -O2 -std=c++20 -I. -Isrc -Iinclude tests/unit/bench-attention-quant.cpp
 //        BUILD/src/libkvrt.a -lpthread -lzstd -o bench-attention-quant
-// Run:   bench-attention-quant [THREADS[,THREADS...] [DEPTH[,DEPTH...] [REPEATS [LAYERS [cold]]]]]
+// Run:   bench-attention-quant [THREADS[,THREADS...] [DEPTH[,DEPTH...] [REPEATS [LAYERS [cold|warm [avx2]]]]]]
 // LAYERS (default 1): layers per block. The engine's blocks hold every layer
 // (12 for the synthetic model), so one layer's parts of successive blocks
 // are a block apart; with 1 they sit back to back, which flatters hardware
 // prefetch. The middle layer is timed. With `cold`, 256 MiB are read
 // before each call, as a decode step's weight reads do between two layers'
 // attention, so the cache comes from memory rather than from the CPU's
-// caches (without it, a depth-4096 q8 layer, 2 MB, stays cached).
+// caches (without it, a depth-4096 q8 layer, 2 MB, stays cached). With
+// `avx2`, the kernels of that level run even where the CPU has AVX-512 (the
+// step CPUs without AVX-512 take).
 // Columns: the kernel's median time per layer and the cache bytes it read
 // per second; then the read floor, a pass that only loads the same bytes
 // split the same way (one task per KV head), and the kernel's time over it.
@@ -25,6 +27,7 @@
 #include "backend/backend.hpp"
 #include "kernels/common/kv-quant.h"
 #include "kernels/cpu/attention-quant.h"
+#include "kernels/cpu/cpu-kernels.h"
 #include "util/thread-pool.hpp"
 
 using namespace kvrt_k;
@@ -148,14 +151,15 @@ int main(int argc, char** argv) {
   const int reps = argc > 3 ? std::atoi(argv[3]) : 31;
   const uint32_t layers = argc > 4 ? (uint32_t)std::max(1, std::atoi(argv[4])) : 1;
   const bool cold = argc > 5 && std::string(argv[5]) == "cold";
+  if (argc > 6 && std::string(argv[6]) == "avx2") cpu_isa_set(CpuIsa::avx2);
   std::vector<float> flush(cold ? (256u << 20) / sizeof(float) : 0, 1.0f);
   volatile float sink = 0.0f;
   volatile uint64_t read_sink[kKv];
   const uint32_t fmts[3] = {KV_F16, KV_Q8, KV_Q4};
   const char* names[3] = {"f16", "q8", "q4"};
-  std::printf("%u heads / %u KV heads of %u, blocks of %u tokens x %u layer%s; medians of %d calls, formats interleaved%s\n",
+  std::printf("%u heads / %u KV heads of %u, blocks of %u tokens x %u layer%s; medians of %d calls, formats interleaved%s; %s kernels\n",
               kHeads, kKv, kHd, kBt, layers, layers == 1 ? "" : "s", reps,
-              cold ? ", caches flushed before each call" : "");
+              cold ? ", caches flushed before each call" : "", cpu_isa_name(cpu_isa()));
   std::printf("%3s %7s %4s %10s %8s %8s %9s %8s %8s\n", "thr", "depth", "kv", "us/layer", "GB/s",
               "vs f16", "read us", "read GB/s", "vs read");
   for (uint32_t nt : threads) {
