@@ -1,7 +1,6 @@
 // Benchmark (not a test): decode-step attention time of an f16 cache against
 // q8 and q4 caches, one query over a long context, through the CPU backend.
-// Build: c++ -O2 -std=c++20 -I. -Isrc -Iinclude tests/unit/bench-attention-quant.cpp
-//        BUILD/src/libkvrt.a -lpthread -lzstd -o bench-attention-quant
+// Built with the tests: build/tests/unit/bench-attention-quant.
 // Run:   bench-attention-quant [THREADS[,THREADS...] [DEPTH[,DEPTH...] [REPEATS [LAYERS [cold|warm [avx2]]]]]]
 // LAYERS (default 1): layers per block. The engine's blocks hold every layer
 // (12 for the synthetic model), so one layer's parts of successive blocks

@@ -6,8 +6,7 @@
 // stores: a full save into an empty store against a snapshot file, an
 // incremental save after 16 more tokens, and loading a name saved many
 // times against loading one file. Public API only.
-// Build: c++ -O2 -std=c++20 -Iinclude tests/unit/bench-snapshot.cpp BUILD/src/libkvrt.a
-//        -lzstd -lpthread -o bench-snapshot
+// Built with the tests: build/tests/unit/bench-snapshot.
 // Run:   bench-snapshot MODEL [TOKENS [REPEATS [THREADS [DIR]]]]
 #include <algorithm>
 #include <chrono>

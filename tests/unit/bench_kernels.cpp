@@ -1,11 +1,9 @@
 // Hand-run benchmark of the CPU kernels: memory read bandwidth, F16 matvec
 // and paged attention throughput. Not a test; it only prints figures.
 //
-// Build (from the repository root, after the library's build):
-//   g++ -std=c++20 -O3 -mavx2 -mfma -mf16c -pthread -I. -Isrc tests/unit/bench_kernels.cpp \
-//     BUILD/src/libkvrt.a -lzstd -o bench_kernels
-// (the whole program may use AVX2 flags: it only runs on AVX2 machines; the
-// library's kernels dispatch to AVX-512 where the CPU has it).
+// Built with the tests: build/tests/unit/bench_kernels [quick]. The whole
+// program is compiled for AVX2 (it only runs on AVX2 machines); the
+// library's kernels dispatch to AVX-512 where the CPU has it.
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
