@@ -151,7 +151,7 @@ kvrt_session_stats live_stats(const kvrt::Session& s) {
   st.kv_format_v = s.config().v_format;
   st.kv_bytes = s.kv().bytes();
   st.kv_bytes_per_token = s.kv_bytes_per_token();
-  st.compute_ns = s.timers().forward_ns;
+  st.compute_ns = s.timers().compute_ns;
   st.attention_ns = s.timers().attention_ns;
   return st;
 }

@@ -166,7 +166,7 @@ void Session::decode(const int32_t* tokens, size_t n, float* logits) {
     timers_ = timers_before;
     throw;
   }
-  timers_.forward_ns += elapsed_ns(t_start);
+  timers_.compute_ns += elapsed_ns(t_start);
   kv_->commit(static_cast<uint32_t>(n));
   tokens_.insert(tokens_.end(), tokens, tokens + n);
 }

@@ -46,7 +46,7 @@ class Session {
   // that, in attention over the cache, since creation; restore() of a
   // suspended session hands them over with set_timers.
   struct Timers {
-    uint64_t forward_ns = 0;
+    uint64_t compute_ns = 0;
     uint64_t attention_ns = 0;
   };
   const Timers& timers() const { return timers_; }

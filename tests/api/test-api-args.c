@@ -676,17 +676,20 @@ static void test_rewind_tokens_stats_abort_args(void** state) {
     st.struct_size = i < 2 ? k_bad_sizes[i] : (uint32_t)offsetof(kvrt_session_stats, suspended) - 1;
     EXPECT_ERR(kvrt_session_get_stats(s, &st), KVRT_ERR_STRUCT_SIZE);
   }
-  /* A caller built against the first layout gets its fields, and nothing is
-     written past its struct_size. */
-  memset(&st, 0xab, sizeof st);
-  st.struct_size = (uint32_t)offsetof(kvrt_session_stats, suspended);
-  EXPECT_OK(kvrt_session_get_stats(s, &st));
-  assert_int_equal(st.n_tokens, 5);
-  assert_int_equal(st.struct_size, offsetof(kvrt_session_stats, suspended));
-  {
-    const unsigned char* tail = (const unsigned char*)&st + offsetof(kvrt_session_stats, suspended);
+  /* A caller built against an earlier layout (the first, ending before
+     `suspended`; the second, before `compute_ns`) gets its fields, and
+     nothing is written past its struct_size. */
+  for (i = 0; i < 2; ++i) {
+    const size_t size = i == 0 ? offsetof(kvrt_session_stats, suspended)
+                               : offsetof(kvrt_session_stats, compute_ns);
+    const unsigned char* tail = (const unsigned char*)&st + size;
     size_t j;
-    for (j = 0; j < sizeof st - offsetof(kvrt_session_stats, suspended); ++j) assert_int_equal(tail[j], 0xab);
+    memset(&st, 0xab, sizeof st);
+    st.struct_size = (uint32_t)size;
+    EXPECT_OK(kvrt_session_get_stats(s, &st));
+    assert_int_equal(st.n_tokens, 5);
+    assert_int_equal(st.struct_size, size);
+    for (j = 0; j < sizeof st - size; ++j) assert_int_equal(tail[j], 0xab);
   }
   memset(&big, 0, sizeof big);
   big.p.struct_size = sizeof big;

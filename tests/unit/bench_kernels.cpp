@@ -1,7 +1,7 @@
 // Hand-run benchmark of the CPU kernels: memory read bandwidth, F16 matvec
 // and paged attention throughput. Not a test; it only prints figures.
 //
-// Built with the tests: build/tests/unit/bench_kernels [quick]. The whole
+// Built with the tests: build/tests/unit/bench_kernels [quick] [avx2]. The whole
 // program is compiled for AVX2 (it only runs on AVX2 machines); the
 // library's kernels dispatch to AVX-512 where the CPU has it.
 #include <immintrin.h>
@@ -236,8 +236,12 @@ void bench_attention(int threads, uint32_t fmt) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (strcmp(argv[i], "quick") == 0) quick = true;
+    if (strcmp(argv[i], "avx2") == 0) cpu_isa_set(CpuIsa::avx2);  // on an AVX-512 CPU too
+  }
   printf("kernels ISA: %s\n", cpu_isa_name(cpu_isa()));
-  bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
   printf("memory read bandwidth (1 GiB sum, median of 5):\n");
   double bw1 = bandwidth(1), bw2 = bandwidth(2);
   printf("  1 thr: %.2f GB/s   2 thr: %.2f GB/s\n", bw1, bw2);
