@@ -1,0 +1,421 @@
+// The rounded-query step of attention over q8/q4 blocks (QAttnOps::block_q)
+// in 256-bit vectors, for CPUs with AVX-VNNI (vpdpbusd on ymm) but without
+// AVX-512: the AVX-512 step (attention-quant-avx512.cpp) with 8 rows per
+// run where that one takes 16. Keys are scored in integers against the
+// query folded with each block's key scales and rounded per 32 channels
+// (int8 against q4 keys, 15 bits as two bytes against q8 keys), tokens in
+// lanes so that no horizontal sums are needed; the softmax update is shared
+// by 64 rows; values are accumulated in float with the per-token value
+// scales folded into the softmax weights. The rounding is the AVX-512
+// step's, so both produce the same scores up to float summation order.
+//
+// The file is built for AVX2/FMA/F16C; functions that use vpdpbusd carry
+// the avxvnni target, and the table only offers them when the CPU has it.
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "../common/kv-quant.h"
+#include "attention-quant.h"
+#include "simd-avx2.h"
+
+namespace kvrt_k {
+
+namespace {
+
+using avx2::simd::exp_ps;
+using avx2::simd::hmax;
+using avx2::simd::hsum;
+
+#define KVRT_AVXVNNI __attribute__((target("avxvnni")))
+
+// Rows per run (one score lane per row) and runs per softmax update.
+constexpr uint32_t kRows = 8;
+constexpr uint32_t kMaxRuns = 8;
+constexpr uint32_t kMaxG32 = kQAttnMaxHeadDim / 32;
+
+// z[i] = 8 dwords of row i -> z[j] lane t = dword j of row t.
+inline void transpose8(__m256i* z) {
+  __m256 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_castsi256_ps(z[i]);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int h = 0; h < 8; h += 4) {  // rows 0..3, then 4..7
+    u[h] = _mm256_shuffle_ps(t[h], t[h + 2], 0x44);      // dwords 0 | 4
+    u[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], 0xEE);  // 1 | 5
+    u[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);  // 2 | 6
+    u[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);  // 3 | 7
+  }
+  for (int j = 0; j < 4; ++j) {
+    z[j] = _mm256_castps_si256(_mm256_permute2f128_ps(u[j], u[4 + j], 0x20));
+    z[4 + j] = _mm256_castps_si256(_mm256_permute2f128_ps(u[j], u[4 + j], 0x31));
+  }
+}
+
+// Key code vectors kc[m] (m < hd / 4): lane t = the 4 codes of row t that
+// meet dword m of the rounded query (rows past n repeat row n - 1). q8:
+// channels 4m..4m+3. q4: per 8 channels, m = 2j the low nibbles (even
+// channels), 2j + 1 the high ones; the query is stored in that order.
+template <uint32_t KF>
+inline void key_vectors(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, __m256i* kc) {
+  const uint32_t row = (uint32_t)kvq_row_bytes(KF, hd);
+  for (uint32_t off = 0; off < row; off += 32) {
+    __m256i z[8];
+    for (uint32_t i = 0; i < 8; ++i)
+      z[i] = _mm256_loadu_si256((const __m256i*)(codes + (i < n ? i : n - 1) * rb + off));
+    transpose8(z);
+    if constexpr (KF == kKvqQ8) {
+      for (int j = 0; j < 8; ++j) kc[off / 4 + j] = z[j];
+    } else {
+      const __m256i m4 = _mm256_set1_epi8(0x0f);
+      for (int j = 0; j < 8; ++j) {
+        kc[off / 2 + 2 * j] = _mm256_and_si256(z[j], m4);
+        kc[off / 2 + 2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(z[j], 4), m4);
+      }
+    }
+  }
+}
+
+template <uint32_t KF>
+constexpr float kQMax = KF == kKvqQ8 ? 16383.0f : 127.0f;
+template <uint32_t KF>
+constexpr uint32_t kQBytes = KF == kKvqQ8 ? 2 : 1;  // query bytes per channel
+
+// Four vectors of 8 int32 (channels 0..31 in order) -> 32 bytes in channel
+// order (values must fit int8).
+inline __m256i pack_bytes(const __m256i* x) {
+  const __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(x[0], x[1]), _mm256_packs_epi32(x[2], x[3]));
+  return _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// The query of NG heads folded with the softmax scale and the block's key
+// scales and rounded per 32-channel group G to qi with qs ~= d[G] * qi,
+// d[G] = max|qs| / kQMax (the AVX-512 step's rule, which the tests model).
+// q4: qi int8 in key_vectors order, bias[g] = scale * sum_c q_c kmin_c. q8:
+// qi = 128 * hi + lo, hi + 128 in bytes [0, hd) of the head, lo in [hd, 2 hd).
+template <uint32_t KF, uint32_t NG>
+inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_t hd, uint8_t* qb,
+                       float* dq, float* bias) {
+  const uint32_t ng32 = hd / 32;
+  const __m256 sv = _mm256_set1_ps(scale);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 bs[NG];
+  for (uint32_t g = 0; g < NG; ++g) bs[g] = _mm256_setzero_ps();
+  for (uint32_t G = 0; G < ng32; ++G) {
+    const uint32_t c = 32 * G;
+    __m256 k[4], mn[4];
+    for (int u = 0; u < 4; ++u) {
+      k[u] = _mm256_mul_ps(sv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ksc + c + 8 * u))));
+      if constexpr (KF == kKvqQ4) mn[u] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ksc + hd + c + 8 * u)));
+    }
+    for (uint32_t g = 0; g < NG; ++g) {
+      __m256 a[4], mx = _mm256_setzero_ps();
+      for (int u = 0; u < 4; ++u) {
+        const __m256 qv = _mm256_loadu_ps(q + (size_t)g * hd + c + 8 * u);
+        a[u] = _mm256_mul_ps(qv, k[u]);
+        mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, a[u]));
+        if constexpr (KF == kKvqQ4) bs[g] = _mm256_fmadd_ps(qv, mn[u], bs[g]);
+      }
+      const float amax = hmax(mx);
+      dq[g * ng32 + G] = amax * (1.0f / kQMax<KF>);
+      const __m256 inv = _mm256_set1_ps(amax > 0.0f ? kQMax<KF> / amax : 0.0f);
+      __m256i ia[4];
+      for (int u = 0; u < 4; ++u) ia[u] = _mm256_cvtps_epi32(_mm256_mul_ps(a[u], inv));
+      uint8_t* o = qb + (size_t)g * kQBytes<KF> * hd + c;
+      if constexpr (KF == kKvqQ8) {
+        __m256i hi[4], lo[4];
+        for (int u = 0; u < 4; ++u) {
+          hi[u] = _mm256_srai_epi32(ia[u], 7);
+          lo[u] = _mm256_and_si256(ia[u], _mm256_set1_epi32(127));
+        }
+        _mm256_storeu_si256((__m256i*)o, _mm256_xor_si256(pack_bytes(hi), _mm256_set1_epi8((char)0x80)));
+        _mm256_storeu_si256((__m256i*)(o + hd), pack_bytes(lo));
+      } else {
+        const __m256i odd_even = _mm256_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
+                                                  0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+        _mm256_storeu_si256((__m256i*)o, _mm256_shuffle_epi8(pack_bytes(ia), odd_even));
+      }
+    }
+  }
+  for (uint32_t g = 0; g < NG; ++g) bias[g] = KF == kKvqQ4 ? scale * hsum(bs[g]) : 0.0f;
+}
+
+// Scores of 8 rows for K heads: s[k] lane t = bias + sum over groups of d *
+// integer dot product. q8: 128 * (hi part) + (lo part), where the hi
+// products are (hi + 128) * code, so 128 * (the group's code sum per row,
+// one more vpdpbusd per code vector, shared by the heads) is subtracted.
+template <uint32_t KF, int K>
+KVRT_AVXVNNI inline void scores_vnni(const __m256i* kc, uint32_t hd, const uint8_t* qb,
+                                     const float* d, const float* bias, __m256* s) {
+  const uint32_t ng32 = hd / 32;
+  const size_t qstride = (size_t)kQBytes<KF> * hd;
+  for (int k = 0; k < K; ++k) s[k] = _mm256_set1_ps(bias[k]);
+  for (uint32_t G = 0; G < ng32; ++G) {
+    __m256i acc[K], lo[K], col = _mm256_setzero_si256();
+    for (int k = 0; k < K; ++k) acc[k] = lo[k] = _mm256_setzero_si256();
+    for (uint32_t m = 8 * G; m < 8 * G + 8; ++m) {
+      for (int k = 0; k < K; ++k) {
+        int32_t w;
+        memcpy(&w, qb + k * qstride + 4 * m, 4);
+        if constexpr (KF == kKvqQ8) {
+          int32_t wl;
+          memcpy(&wl, qb + k * qstride + hd + 4 * m, 4);
+          acc[k] = _mm256_dpbusd_avx_epi32(acc[k], _mm256_set1_epi32(w), kc[m]);
+          lo[k] = _mm256_dpbusd_avx_epi32(lo[k], _mm256_set1_epi32(wl), kc[m]);
+        } else {
+          acc[k] = _mm256_dpbusd_avx_epi32(acc[k], kc[m], _mm256_set1_epi32(w));
+        }
+      }
+      if constexpr (KF == kKvqQ8) col = _mm256_dpbusd_avx_epi32(col, _mm256_set1_epi8((char)0x80), kc[m]);
+    }
+    for (int k = 0; k < K; ++k) {
+      __m256i v = acc[k];
+      if constexpr (KF == kKvqQ8) v = _mm256_add_epi32(_mm256_slli_epi32(_mm256_sub_epi32(v, col), 7), lo[k]);
+      s[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(d[k * ng32 + G]), s[k]);
+    }
+  }
+}
+
+// Scores s[g] of NG heads for n <= 8 rows; lanes past n are -inf.
+template <uint32_t KF, uint32_t NG>
+KVRT_AVXVNNI __attribute__((noinline)) void score_run(const uint8_t* kcodes, size_t rbk, uint32_t n,
+                                                      uint32_t hd, const uint8_t* qb, const float* dq,
+                                                      const float* bias, __m256* s) {
+  const uint32_t ng32 = hd / 32;
+  __m256i kc[kQAttnMaxHeadDim / 4];
+  key_vectors<KF>(kcodes, rbk, n, hd, kc);
+  for (uint32_t g0 = 0; g0 < NG; g0 += 4) {
+    constexpr int K = NG < 4 ? (int)NG : 4;
+    scores_vnni<KF, K>(kc, hd, qb + (size_t)g0 * kQBytes<KF> * hd, dq + (size_t)g0 * ng32, bias + g0, s + g0);
+  }
+  const __m256 live = _mm256_castsi256_ps(
+      _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+  for (uint32_t g = 0; g < NG; ++g) s[g] = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s[g], live);
+}
+
+// Value rows of one run of n <= 8 rows: codes of the first row, its
+// per-token scales and minimums.
+struct VRun {
+  const uint8_t* v;
+  const uint16_t* sc;
+  const uint16_t* mn;
+  uint32_t n;
+};
+
+// v[G] lane t = the f16 at p[t * ngv + G] as float, for rows t < n (0 past n).
+inline void token_lanes(const uint16_t* p, uint32_t ngv, uint32_t n, __m256* v) {
+  alignas(32) uint16_t h[kRows * kMaxG32];
+  if (n < kRows) {  // rows past n may lie past the block part: read only n
+    memset(h, 0, sizeof h);
+    memcpy(h, p, (size_t)n * ngv * sizeof(uint16_t));
+    p = h;
+  }
+  if (ngv == 1) {
+    v[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+  } else if (ngv == 2) {  // [t][2]: even lanes are group 0, odd ones group 1
+    const __m256 a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+    const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 8)));
+    v[0] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+    v[1] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+  } else {
+    alignas(32) float f[kRows * kMaxG32];
+    for (uint32_t i = 0; i < kRows * ngv; i += 8)
+      _mm256_store_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + i))));
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)ngv));
+    for (uint32_t G = 0; G < ngv; ++G) v[G] = _mm256_i32gather_ps(f + G, idx, 4);
+  }
+}
+
+// acc[k] = alpha[k] * acc[k] + sum over runs r and rows t of
+// w[k][r][G][t] * code(r, t, c) (+ mb[k][G] for q4) for K <= 4 heads, 16
+// channels per pass (8 accumulators of the 16 registers); w is
+// [k][kMaxRuns][G][kRows]. q4 passes keep even and odd channels apart (a
+// code byte holds one of each) and interleave them when storing.
+template <uint32_t VF, int K>
+__attribute__((noinline)) void values(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd,
+                                      const float* w, const float* mb, const float* alpha, float* acc) {
+  const uint32_t ngv = hd / 32;
+  const size_t wk = (size_t)kMaxRuns * ngv * kRows;  // floats per head in w
+  for (uint32_t c0 = 0; c0 < hd; c0 += 16) {
+    const uint32_t G = c0 / 32;
+    __m256 a[K][2];
+    for (int k = 0; k < K; ++k) {
+      const __m256 al = _mm256_set1_ps(alpha[k]);
+      const float* ac = acc + (size_t)k * hd + c0;
+      a[k][0] = _mm256_mul_ps(al, _mm256_loadu_ps(ac));
+      a[k][1] = _mm256_mul_ps(al, _mm256_loadu_ps(ac + 8));
+      if constexpr (VF == kKvqQ4) {  // -> even channels, odd channels
+        const __m256 e = _mm256_shuffle_ps(a[k][0], a[k][1], 0x88), o = _mm256_shuffle_ps(a[k][0], a[k][1], 0xDD);
+        a[k][0] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
+        a[k][1] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8));
+      }
+    }
+    for (uint32_t r = 0; r < nr; ++r) {
+      const uint8_t* codes = runs[r].v;
+      const float* wr = w + ((size_t)r * ngv + G) * kRows;
+      for (uint32_t t = 0; t < runs[r].n; ++t) {
+        const uint8_t* row = codes + t * rb;
+        __m256 x0, x1;
+        if constexpr (VF == kKvqQ8) {
+          const __m128i b = _mm_loadu_si128((const __m128i*)(row + c0));
+          x0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+          x1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+        } else {
+          const __m256i y = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(row + c0 / 2)));
+          x0 = _mm256_cvtepi32_ps(_mm256_and_si256(y, _mm256_set1_epi32(0x0f)));
+          x1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(y, 4));
+        }
+        for (int k = 0; k < K; ++k) {
+          const __m256 wt = _mm256_broadcast_ss(wr + k * wk + t);
+          a[k][0] = _mm256_fmadd_ps(wt, x0, a[k][0]);
+          a[k][1] = _mm256_fmadd_ps(wt, x1, a[k][1]);
+        }
+      }
+    }
+    for (int k = 0; k < K; ++k) {
+      float* ac = acc + (size_t)k * hd + c0;
+      if constexpr (VF == kKvqQ4) {
+        const __m256 mv = _mm256_set1_ps(mb[k * ngv + G]);
+        const __m256 e = _mm256_add_ps(a[k][0], mv), o = _mm256_add_ps(a[k][1], mv);
+        const __m256 lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
+        a[k][0] = _mm256_permute2f128_ps(lo, hi, 0x20);
+        a[k][1] = _mm256_permute2f128_ps(lo, hi, 0x31);
+      }
+      _mm256_storeu_ps(ac, a[k][0]);
+      _mm256_storeu_ps(ac + 8, a[k][1]);
+    }
+  }
+}
+
+// One online-softmax update of NG heads over the scores s[r][g] of nr runs
+// (lanes past a run's rows are -inf), then the values of those runs.
+template <uint32_t VF, uint32_t NG>
+void softmax_values(__m256 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, uint32_t hd, float* m,
+                    float* l, float* acc) {
+  const uint32_t ngv = hd / 32;
+  float m_new[NG], alpha[NG];
+  for (uint32_t g = 0; g < NG; ++g) {
+    __m256 mx = s[0][g];
+    for (uint32_t r = 1; r < nr; ++r) mx = _mm256_max_ps(mx, s[r][g]);
+    const float mxg = hmax(mx);
+    m_new[g] = mxg > m[g] ? mxg : m[g];
+  }
+  // alpha = e^(m_old - m_new): 0 for the first update (m_old = -inf), 1
+  // exactly when the maximum stays (exp_ps(0) = 1).
+  {
+    alignas(32) float dm[8] = {0, 0, 0, 0, 0, 0, 0, 0}, al[8];
+    for (uint32_t g = 0; g < NG; ++g) dm[g] = m[g] - m_new[g];
+    _mm256_store_ps(al, exp_ps(_mm256_load_ps(dm)));
+    for (uint32_t g = 0; g < NG; ++g) {
+      alpha[g] = al[g];
+      m[g] = m_new[g];
+    }
+  }
+  // Weights with the value scales folded in, [g][r][G][t]; q4: sum_t p * min.
+  alignas(32) float w[NG * kMaxRuns * kMaxG32 * kRows];
+  float mb[NG * kMaxG32];
+  __m256 pm[NG * kMaxG32], sum[NG];
+  for (uint32_t i = 0; i < NG * ngv; ++i) pm[i] = _mm256_setzero_ps();
+  for (uint32_t g = 0; g < NG; ++g) sum[g] = _mm256_setzero_ps();
+  for (uint32_t r = 0; r < nr; ++r) {
+    __m256 vs[kMaxG32], vm[kMaxG32];
+    token_lanes(runs[r].sc, ngv, runs[r].n, vs);
+    if constexpr (VF == kKvqQ4) token_lanes(runs[r].mn, ngv, runs[r].n, vm);
+    for (uint32_t g = 0; g < NG; ++g) {
+      // -inf lanes give exp_ps = 0.
+      const __m256 p = exp_ps(_mm256_sub_ps(s[r][g], _mm256_set1_ps(m_new[g])));
+      sum[g] = _mm256_add_ps(sum[g], p);
+      for (uint32_t G = 0; G < ngv; ++G) {
+        _mm256_store_ps(w + (((size_t)g * kMaxRuns + r) * ngv + G) * kRows, _mm256_mul_ps(p, vs[G]));
+        if constexpr (VF == kKvqQ4) pm[g * ngv + G] = _mm256_fmadd_ps(p, vm[G], pm[g * ngv + G]);
+      }
+    }
+  }
+  for (uint32_t g = 0; g < NG; ++g) {
+    l[g] = l[g] * alpha[g] + hsum(sum[g]);
+    if constexpr (VF == kKvqQ4)
+      for (uint32_t G = 0; G < ngv; ++G) mb[g * ngv + G] = hsum(pm[g * ngv + G]);
+  }
+  for (uint32_t g = 0; g < NG; g += 4) {
+    constexpr int K = NG < 4 ? (int)NG : 4;
+    values<VF, K>(runs, nr, rbv, hd, w + (size_t)g * kMaxRuns * ngv * kRows, mb + (size_t)g * ngv,
+                  alpha + g, acc + (size_t)g * hd);
+  }
+}
+
+// Every cache line of [p, p + n); nothing for a null p.
+inline void prefetch_lines(const uint8_t* p, uint32_t n) {
+  if (!p) return;
+  for (uintptr_t x = (uintptr_t)p & ~(uintptr_t)63; x < (uintptr_t)p + n; x += 64)
+    _mm_prefetch((const char*)x, _MM_HINT_T0);
+}
+
+// Blocks in runs of up to 8 rows: the query folded and rounded per block
+// (the key scales are per block), keys scored per run, and the softmax
+// update and values done per kMaxRuns runs.
+template <uint32_t KF, uint32_t VF, uint32_t NG>
+KVRT_AVXVNNI void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, uint32_t hd,
+                            const float* q, float scale, float* m, float* l, float* acc) {
+  const uint32_t ngv = hd / 32;
+  alignas(32) uint8_t qb[NG * kQBytes<KF> * kQAttnMaxHeadDim];
+  float dq[NG * kMaxG32], bias[NG];
+  __m256 s[kMaxRuns][8];
+  VRun runs[kMaxRuns];
+  uint32_t nr = 0;
+  for (uint32_t i = 0; i < nb; ++i) {
+    const QAttnBlock& B = blocks[i];
+    prefetch_lines(B.pf_k, B.pf_k_bytes);
+    prep_query<KF, NG>(q, scale, B.k_scales, hd, qb, dq, bias);
+    for (uint32_t t0 = 0; t0 < B.n; t0 += kRows) {
+      const uint32_t n = B.n - t0 < kRows ? B.n - t0 : kRows;
+      score_run<KF, NG>(B.k + t0 * rbk, rbk, n, hd, qb, dq, bias, s[nr]);
+      if (t0 == 0) prefetch_lines(B.pf_v, B.pf_v_bytes);
+      runs[nr++] = {B.v + t0 * rbv, B.v_scales + (size_t)t0 * ngv, B.v_mins + (size_t)t0 * ngv, n};
+      if (nr == kMaxRuns) {
+        softmax_values<VF, NG>(s, runs, nr, rbv, hd, m, l, acc);
+        nr = 0;
+      }
+    }
+  }
+  if (nr) softmax_values<VF, NG>(s, runs, nr, rbv, hd, m, l, acc);
+}
+
+using BlockQFn = void (*)(const QAttnBlock*, uint32_t, size_t, size_t, uint32_t, const float*, float,
+                          float*, float*, float*);
+
+template <uint32_t KF, uint32_t VF>
+BlockQFn pick_ng(uint32_t ng) {
+  switch (ng) {
+    case 1: return block_q_t<KF, VF, 1>;
+    case 2: return block_q_t<KF, VF, 2>;
+    case 4: return block_q_t<KF, VF, 4>;
+    case 8: return block_q_t<KF, VF, 8>;
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+// Whole 64-channel runs (a q4 key transpose takes 32 bytes = 64 channels)
+// and passes of 1, 2, 4 or 8 heads, as the AVX-512 step.
+bool qattn_block_q_takes_avxvnni(uint32_t hd, uint32_t ng) {
+  return hd % 64 == 0 && hd <= kQAttnMaxHeadDim && (ng == 1 || ng == 2 || ng == 4 || ng == 8);
+}
+
+bool qattn_block_q_avxvnni(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb,
+                           size_t rbk, size_t rbv, uint32_t ngv, uint32_t hd, const float* q,
+                           float scale, uint32_t ng, float* m, float* l, float* acc) {
+  if (!qattn_block_q_takes_avxvnni(hd, ng) || ngv != hd / 32) return false;
+  const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
+  const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
+                        : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));
+  if (!f) return false;
+  f(blocks, nb, rbk, rbv, hd, q, scale, m, l, acc);
+  return true;
+}
+
+#undef KVRT_AVXVNNI
+
+}  // namespace kvrt_k
