@@ -433,21 +433,12 @@ void fold(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_form
   }
 }
 
+// The rounded-query step (block_q) is in attention-quant-int-avx2.cpp.
+const QAttnOps kAvx2Ops = {k_i8, k_u4, k_f16, v_i8, v_u4, v_f16, exp_sum, cvt_f16, block, fold,
+                           qattn_block_q_takes_avx2, qattn_block_q_avx2};
+
 }  // namespace
 
-// The rounded-query step (block_q) needs vpdpbusd: with AVX-VNNI, the
-// 256-bit one (attention-quant-vnni-avx2.cpp); without, the float key
-// scores of `block`.
-const QAttnOps* qattn_ops_avx2() {
-  static const QAttnOps ops = [] {
-    QAttnOps o = {k_i8, k_u4, k_f16, v_i8, v_u4, v_f16, exp_sum, cvt_f16, block, fold, nullptr, nullptr};
-    if (__builtin_cpu_supports("avxvnni")) {
-      o.block_q_takes = qattn_block_q_takes_avxvnni;
-      o.block_q = qattn_block_q_avxvnni;
-    }
-    return o;
-  }();
-  return &ops;
-}
+const QAttnOps* qattn_ops_avx2() { return &kAvx2Ops; }
 
 }  // namespace kvrt_k

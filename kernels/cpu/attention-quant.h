@@ -117,12 +117,12 @@ bool qattn_rounds_query(uint32_t head_dim, uint32_t ng);
 const QAttnOps& qattn_ops_scalar();
 // Null when this build has no AVX2 version.
 const QAttnOps* qattn_ops_avx2();
-// The 256-bit rounded-query step (attention-quant-vnni-avx2.cpp), for the
-// AVX2 table on CPUs with AVX-VNNI: QAttnOps::block_q_takes and block_q.
-bool qattn_block_q_takes_avxvnni(uint32_t hd, uint32_t ng);
-bool qattn_block_q_avxvnni(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks,
-                           uint32_t nb, size_t rbk, size_t rbv, uint32_t ngv, uint32_t hd,
-                           const float* q, float scale, uint32_t ng, float* m, float* l, float* acc);
+// The 256-bit rounded-query step (attention-quant-int-avx2.cpp), the AVX2
+// table's QAttnOps::block_q_takes and block_q.
+bool qattn_block_q_takes_avx2(uint32_t hd, uint32_t ng);
+bool qattn_block_q_avx2(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks,
+                        uint32_t nb, size_t rbk, size_t rbv, uint32_t ngv, uint32_t hd,
+                        const float* q, float scale, uint32_t ng, float* m, float* l, float* acc);
 // The AVX2 table with AVX-512 versions where they exist; null without AVX2.
 const QAttnOps* qattn_ops_avx512();
 

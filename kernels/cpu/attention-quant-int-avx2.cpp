@@ -1,16 +1,19 @@
 // The rounded-query step of attention over q8/q4 blocks (QAttnOps::block_q)
-// in 256-bit vectors, for CPUs with AVX-VNNI (vpdpbusd on ymm) but without
-// AVX-512: the AVX-512 step (attention-quant-avx512.cpp) with 8 rows per
-// run where that one takes 16. Keys are scored in integers against the
-// query folded with each block's key scales and rounded per 32 channels
-// (int8 against q4 keys, 15 bits as two bytes against q8 keys), tokens in
-// lanes so that no horizontal sums are needed; the softmax update is shared
-// by 64 rows; values are accumulated in float with the per-token value
-// scales folded into the softmax weights. The rounding is the AVX-512
-// step's, so both produce the same scores up to float summation order.
+// in 256-bit vectors, for every CPU with AVX2: the AVX-512 step
+// (attention-quant-avx512.cpp) with 8 rows per run where that one takes 16.
+// Keys are scored in integers against the query folded with each block's
+// key scales and rounded per 32 channels (int8 against q4 keys, 15 bits
+// against q8 keys), tokens in lanes so that no horizontal sums are needed;
+// the softmax update is shared by 64 rows; values are accumulated in float
+// with the per-token value scales folded into the softmax weights. The
+// rounding is the AVX-512 step's, so both produce the same scores up to
+// float summation order.
 //
-// The file is built for AVX2/FMA/F16C; functions that use vpdpbusd carry
-// the avxvnni target, and the table only offers them when the CPU has it.
+// AVX2 has no vpdpbusd; the integer products are exact all the same: q4
+// keys by vpmaddubsw, whose nibble x int8 pair sums cannot saturate, summed
+// in int16 over a 32-channel group and widened once; q8 keys by vpmaddwd on
+// codes widened to int16 against the 15-bit query as int16. (A variant
+// with vpdpbusd from AVX-VNNI measured no faster; docs/quantization.md.)
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -26,8 +29,6 @@ namespace {
 using avx2::simd::exp_ps;
 using avx2::simd::hmax;
 using avx2::simd::hsum;
-
-#define KVRT_AVXVNNI __attribute__((target("avxvnni")))
 
 // Rows per run (one score lane per row) and runs per softmax update.
 constexpr uint32_t kRows = 8;
@@ -94,7 +95,8 @@ inline __m256i pack_bytes(const __m256i* x) {
 // scales and rounded per 32-channel group G to qi with qs ~= d[G] * qi,
 // d[G] = max|qs| / kQMax (the AVX-512 step's rule, which the tests model).
 // q4: qi int8 in key_vectors order, bias[g] = scale * sum_c q_c kmin_c. q8:
-// qi = 128 * hi + lo, hi + 128 in bytes [0, hd) of the head, lo in [hd, 2 hd).
+// qi as int16, the channels of each 4 in the order 0, 2, 1, 3 (dword 2m
+// pairs channels 4m and 4m + 2, dword 2m + 1 the other two).
 template <uint32_t KF, uint32_t NG>
 inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_t hd, uint8_t* qb,
                        float* dq, float* bias) {
@@ -123,15 +125,14 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
       const __m256 inv = _mm256_set1_ps(amax > 0.0f ? kQMax<KF> / amax : 0.0f);
       __m256i ia[4];
       for (int u = 0; u < 4; ++u) ia[u] = _mm256_cvtps_epi32(_mm256_mul_ps(a[u], inv));
-      uint8_t* o = qb + (size_t)g * kQBytes<KF> * hd + c;
+      uint8_t* o = qb + (size_t)kQBytes<KF> * (g * hd + c);
       if constexpr (KF == kKvqQ8) {
-        __m256i hi[4], lo[4];
-        for (int u = 0; u < 4; ++u) {
-          hi[u] = _mm256_srai_epi32(ia[u], 7);
-          lo[u] = _mm256_and_si256(ia[u], _mm256_set1_epi32(127));
+        const __m256i pairs = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
+                                               0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+        for (int u = 0; u < 4; u += 2) {
+          const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(ia[u], ia[u + 1]), 0xD8);
+          _mm256_storeu_si256((__m256i*)(o + 16 * u), _mm256_shuffle_epi8(w, pairs));
         }
-        _mm256_storeu_si256((__m256i*)o, _mm256_xor_si256(pack_bytes(hi), _mm256_set1_epi8((char)0x80)));
-        _mm256_storeu_si256((__m256i*)(o + hd), pack_bytes(lo));
       } else {
         const __m256i odd_even = _mm256_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
                                                   0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
@@ -143,56 +144,64 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
 }
 
 // Scores of 8 rows for K heads: s[k] lane t = bias + sum over groups of d *
-// integer dot product. q8: 128 * (hi part) + (lo part), where the hi
-// products are (hi + 128) * code, so 128 * (the group's code sum per row,
-// one more vpdpbusd per code vector, shared by the heads) is subtracted.
+// (integer dot product of the group). q4: vpmaddubsw (codes 0..15 x int8
+// query: pair sums <= 3810) summed in int16 over the group's 8 code vectors
+// (<= 30480) and widened once. q8: the codes of each dword widened to int16
+// (bytes 0, 2 and bytes 1, 3) and vpmaddwd against the int16 query.
 template <uint32_t KF, int K>
-KVRT_AVXVNNI inline void scores_vnni(const __m256i* kc, uint32_t hd, const uint8_t* qb,
-                                     const float* d, const float* bias, __m256* s) {
+inline void scores(const __m256i* kc, uint32_t hd, const uint8_t* qb, const float* d,
+                       const float* bias, __m256* s) {
   const uint32_t ng32 = hd / 32;
   const size_t qstride = (size_t)kQBytes<KF> * hd;
   for (int k = 0; k < K; ++k) s[k] = _mm256_set1_ps(bias[k]);
   for (uint32_t G = 0; G < ng32; ++G) {
-    __m256i acc[K], lo[K], col = _mm256_setzero_si256();
-    for (int k = 0; k < K; ++k) acc[k] = lo[k] = _mm256_setzero_si256();
+    __m256i acc[K];
+    for (int k = 0; k < K; ++k) acc[k] = _mm256_setzero_si256();
     for (uint32_t m = 8 * G; m < 8 * G + 8; ++m) {
-      for (int k = 0; k < K; ++k) {
-        int32_t w;
-        memcpy(&w, qb + k * qstride + 4 * m, 4);
-        if constexpr (KF == kKvqQ8) {
-          int32_t wl;
-          memcpy(&wl, qb + k * qstride + hd + 4 * m, 4);
-          acc[k] = _mm256_dpbusd_avx_epi32(acc[k], _mm256_set1_epi32(w), kc[m]);
-          lo[k] = _mm256_dpbusd_avx_epi32(lo[k], _mm256_set1_epi32(wl), kc[m]);
-        } else {
-          acc[k] = _mm256_dpbusd_avx_epi32(acc[k], kc[m], _mm256_set1_epi32(w));
+      if constexpr (KF == kKvqQ8) {
+        const __m256i even = _mm256_srai_epi16(_mm256_slli_epi16(kc[m], 8), 8);
+        const __m256i odd = _mm256_srai_epi16(kc[m], 8);
+        for (int k = 0; k < K; ++k) {
+          int32_t w[2];
+          memcpy(w, qb + k * qstride + 8 * m, 8);
+          acc[k] = _mm256_add_epi32(acc[k], _mm256_madd_epi16(even, _mm256_set1_epi32(w[0])));
+          acc[k] = _mm256_add_epi32(acc[k], _mm256_madd_epi16(odd, _mm256_set1_epi32(w[1])));
+        }
+      } else {
+        for (int k = 0; k < K; ++k) {
+          int32_t w;
+          memcpy(&w, qb + k * qstride + 4 * m, 4);
+          acc[k] = _mm256_add_epi16(acc[k], _mm256_maddubs_epi16(kc[m], _mm256_set1_epi32(w)));
         }
       }
-      if constexpr (KF == kKvqQ8) col = _mm256_dpbusd_avx_epi32(col, _mm256_set1_epi8((char)0x80), kc[m]);
     }
     for (int k = 0; k < K; ++k) {
       __m256i v = acc[k];
-      if constexpr (KF == kKvqQ8) v = _mm256_add_epi32(_mm256_slli_epi32(_mm256_sub_epi32(v, col), 7), lo[k]);
+      if constexpr (KF == kKvqQ4) v = _mm256_madd_epi16(v, _mm256_set1_epi16(1));
       s[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(d[k * ng32 + G]), s[k]);
     }
   }
 }
 
+// Lanes of s past n -> -inf.
+template <uint32_t NG>
+inline void mask_rows(uint32_t n, __m256* s) {
+  const __m256 live = _mm256_castsi256_ps(
+      _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+  for (uint32_t g = 0; g < NG; ++g) s[g] = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s[g], live);
+}
+
 // Scores s[g] of NG heads for n <= 8 rows; lanes past n are -inf.
 template <uint32_t KF, uint32_t NG>
-KVRT_AVXVNNI __attribute__((noinline)) void score_run(const uint8_t* kcodes, size_t rbk, uint32_t n,
-                                                      uint32_t hd, const uint8_t* qb, const float* dq,
-                                                      const float* bias, __m256* s) {
-  const uint32_t ng32 = hd / 32;
+__attribute__((noinline)) void score_run(const uint8_t* kcodes, size_t rbk, uint32_t n, uint32_t hd,
+                                         const uint8_t* qb, const float* dq, const float* bias, __m256* s) {
   __m256i kc[kQAttnMaxHeadDim / 4];
   key_vectors<KF>(kcodes, rbk, n, hd, kc);
   for (uint32_t g0 = 0; g0 < NG; g0 += 4) {
     constexpr int K = NG < 4 ? (int)NG : 4;
-    scores_vnni<KF, K>(kc, hd, qb + (size_t)g0 * kQBytes<KF> * hd, dq + (size_t)g0 * ng32, bias + g0, s + g0);
+    scores<KF, K>(kc, hd, qb + (size_t)g0 * kQBytes<KF> * hd, dq + (size_t)g0 * (hd / 32), bias + g0, s + g0);
   }
-  const __m256 live = _mm256_castsi256_ps(
-      _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-  for (uint32_t g = 0; g < NG; ++g) s[g] = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s[g], live);
+  mask_rows<NG>(n, s);
 }
 
 // Value rows of one run of n <= 8 rows: codes of the first row, its
@@ -356,8 +365,8 @@ inline void prefetch_lines(const uint8_t* p, uint32_t n) {
 // (the key scales are per block), keys scored per run, and the softmax
 // update and values done per kMaxRuns runs.
 template <uint32_t KF, uint32_t VF, uint32_t NG>
-KVRT_AVXVNNI void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, uint32_t hd,
-                            const float* q, float scale, float* m, float* l, float* acc) {
+void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, uint32_t hd, const float* q,
+               float scale, float* m, float* l, float* acc) {
   const uint32_t ngv = hd / 32;
   alignas(32) uint8_t qb[NG * kQBytes<KF> * kQAttnMaxHeadDim];
   float dq[NG * kMaxG32], bias[NG];
@@ -400,14 +409,14 @@ BlockQFn pick_ng(uint32_t ng) {
 
 // Whole 64-channel runs (a q4 key transpose takes 32 bytes = 64 channels)
 // and passes of 1, 2, 4 or 8 heads, as the AVX-512 step.
-bool qattn_block_q_takes_avxvnni(uint32_t hd, uint32_t ng) {
+bool qattn_block_q_takes_avx2(uint32_t hd, uint32_t ng) {
   return hd % 64 == 0 && hd <= kQAttnMaxHeadDim && (ng == 1 || ng == 2 || ng == 4 || ng == 8);
 }
 
-bool qattn_block_q_avxvnni(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb,
-                           size_t rbk, size_t rbv, uint32_t ngv, uint32_t hd, const float* q,
-                           float scale, uint32_t ng, float* m, float* l, float* acc) {
-  if (!qattn_block_q_takes_avxvnni(hd, ng) || ngv != hd / 32) return false;
+bool qattn_block_q_avx2(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
+                        size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale, uint32_t ng,
+                        float* m, float* l, float* acc) {
+  if (!qattn_block_q_takes_avx2(hd, ng) || ngv != hd / 32) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
   const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
                         : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));
@@ -415,7 +424,5 @@ bool qattn_block_q_avxvnni(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* block
   f(blocks, nb, rbk, rbv, hd, q, scale, m, l, acc);
   return true;
 }
-
-#undef KVRT_AVXVNNI
 
 }  // namespace kvrt_k
