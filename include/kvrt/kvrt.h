@@ -88,6 +88,11 @@ KVRT_API uint32_t kvrt_version_number(void);
 /**
  * @brief How the library was built and what it found on this CPU: SIMD level
  *        in use, CUDA support, zstd version.
+ *
+ * The SIMD level is the best the CPU has, or the cap set by the environment
+ * variable `KVRT_MAX_ISA` (`scalar`, `avx2` or `avx512`; read once, at the
+ * first call of this function or kvrt_runtime_create()). The text says when
+ * a cap is in effect, and when the variable's value was not understood.
  * @return Static text; never NULL. Any thread may call it.
  */
 KVRT_API const char* kvrt_build_info(void);
@@ -325,7 +330,9 @@ KVRT_API void kvrt_sampler_default_params(kvrt_sampler_params* params);
  * @param out Out: the new runtime, owned by the caller (kvrt_runtime_destroy()).
  *            Set to NULL on error.
  * @return ::KVRT_OK; ::KVRT_ERR_INVALID_ARGUMENT (NULL @p out, a nonzero
- *         reserved field, block_tokens outside 1..1024);
+ *         reserved field, block_tokens outside 1..1024, an environment
+ *         variable `KVRT_MAX_ISA` set to something other than `scalar`,
+ *         `avx2` or `avx512`: see kvrt_build_info());
  *         ::KVRT_ERR_STRUCT_SIZE (struct_size below the first version's
  *         size); ::KVRT_ERR_OUT_OF_MEMORY.
  * @note Any thread may call it.

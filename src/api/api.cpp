@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -72,6 +73,24 @@ kvrt_status guard(const char* fn, F&& f) noexcept {
     set_error(fn, "internal error: unknown exception");
     return KVRT_ERR_INTERNAL;
   }
+}
+
+// KVRT_MAX_ISA caps the SIMD level of the whole process at "scalar", "avx2"
+// or "avx512" (never above what the CPU has), to reproduce a smaller CPU's
+// kernels. Read once, at the first kvrt_build_info or kvrt_runtime_create;
+// the text of a value not understood, else empty.
+const std::string& isa_env_error() {
+  static const std::string err = [] {
+    const char* v = std::getenv("KVRT_MAX_ISA");
+    if (!v) return std::string();
+    const int level = !std::strcmp(v, "scalar") ? 0 : !std::strcmp(v, "avx2") ? 1 : !std::strcmp(v, "avx512") ? 2 : -1;
+    if (level < 0)
+      return std::string("environment variable KVRT_MAX_ISA is \"") + v +
+             "\"; expected scalar, avx2 or avx512";
+    if (level < (int)kvrt_k::cpu_isa()) kvrt_k::cpu_isa_set((kvrt_k::CpuIsa)level);
+    return std::string();
+  }();
+  return err;
 }
 
 template <class T>
@@ -201,8 +220,15 @@ KVRT_API uint32_t kvrt_version_number(void) { return KVRT_VERSION_NUMBER; }
 
 KVRT_API const char* kvrt_build_info(void) {
   static const std::string info = [] {
+    const std::string& env_error = isa_env_error();
     std::string s = "kvrt " KVRT_VERSION_STRING "; cpu: ";
     s += kvrt_k::cpu_isa_name(kvrt_k::cpu_isa());
+    if (kvrt_k::cpu_isa() != kvrt_k::cpu_isa_detect()) {
+      s += " (KVRT_MAX_ISA; the CPU has ";
+      s += kvrt_k::cpu_isa_name(kvrt_k::cpu_isa_detect());
+      s += ")";
+    }
+    if (!env_error.empty()) s += " (" + env_error + ", ignored)";
     s += "; cuda: no; zstd ";
     s += ZSTD_versionString();
     return s;
@@ -275,6 +301,7 @@ KVRT_API kvrt_status kvrt_runtime_create(const kvrt_runtime_params* params, kvrt
   return guard(__func__, [&] {
     require(out, "out");
     kvrt_runtime_params p = read_params(params, kvrt_runtime_default_params, "params");
+    if (!isa_env_error().empty()) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "%s", isa_env_error().c_str());
     if (p.reserved0 != 0) kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "params->reserved0 must be 0");
     if (p.n_threads > kvrt::CpuBackend::kMaxThreads)
       kvrt::fail(KVRT_ERR_INVALID_ARGUMENT, "n_threads = %u exceeds %u", p.n_threads,

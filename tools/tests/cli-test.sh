@@ -45,6 +45,31 @@ case "$case_name" in
     cmp -s "$out" "$here/greedy-stories260K.txt" || fail "greedy text differs from the expected continuation"
     grep -q "prompt 5 tokens" "$err" || fail "stderr does not report the 5 prompt tokens (BOS + 4)"
     grep -q "generated 64 tokens" "$err" || fail "stderr does not report 64 generated tokens"
+    # The same continuation from every SIMD level this CPU has, capped with
+    # KVRT_MAX_ISA (scalar code, AVX2, AVX-512 kernels), and the cap shows in
+    # the build information.
+    run --version
+    best=$(sed -n 's/.*cpu: \([a-z0-9]*\).*/\1/p' "$out")
+    case "$best" in
+      avx512) levels="scalar avx2 avx512" ;;
+      avx2) levels="scalar avx2" ;;
+      scalar) levels="scalar" ;;
+      *) fail "kvrt --version names no SIMD level" ;;
+    esac
+    for level in $levels; do
+      KVRT_MAX_ISA=$level "$kvrt" --version >"$out" 2>"$err"
+      grep -q "cpu: $level[ ;]" "$out" || fail "KVRT_MAX_ISA=$level: --version does not report cpu: $level"
+      KVRT_MAX_ISA=$level "$kvrt" run -m "$model" -p "Once upon a time" -n 64 --temp 0 >"$out" 2>"$err"
+      rc=$?
+      expect_rc 0 "run with KVRT_MAX_ISA=$level"
+      cmp -s "$out" "$here/greedy-stories260K.txt" || fail "KVRT_MAX_ISA=$level: greedy text differs"
+    done
+    # A value not understood stops the runtime, naming the variable.
+    KVRT_MAX_ISA=avx3 "$kvrt" run -m "$model" -p "Once upon a time" -n 4 >"$out" 2>"$err"
+    rc=$?
+    expect_rc 1 "run with KVRT_MAX_ISA=avx3"
+    grep -q 'KVRT_MAX_ISA is "avx3"' "$err" || fail "the error does not name KVRT_MAX_ISA and its value"
+    [ ! -s "$out" ] || fail "stdout is not empty"
     ;;
 
   missing-model)
