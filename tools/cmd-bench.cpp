@@ -23,7 +23,8 @@ namespace {
 void print_help() {
   std::printf(
       "usage: kvrt bench [-m MODEL] [-t T,T,...] [--depth D,D,...] [-n N] [--kv F,F,...]\n"
-      "                  [-r R] [--block-tokens B] [--one-prefill] [--json] [--bandwidth]\n"
+      "                  [-r R] [--block-tokens B] [--one-prefill] [--interleave] [--json]\n"
+      "                  [--bandwidth]\n"
       "\n"
       "For each KV format, thread count and depth (in that nesting order):\n"
       "  prefill  a prompt of max(depth, --prefill) random token ids (fixed seed;\n"
@@ -47,6 +48,10 @@ void print_help() {
       "depths then run (and print) deepest first.\n"
       "Each (format, threads) pair gets its own runtime, with a KV budget just\n"
       "large enough for the largest depth.\n"
+      "With --interleave (implies --one-prefill), the formats share one runtime\n"
+      "per thread count and decode step by step in turn (f16, q8, q4, f16, ...),\n"
+      "so on a shared machine every format sees the same load: compare formats\n"
+      "on the p50 columns of such a run.\n"
       "\n"
       "options:\n"
       "  -m, --model PATH        GGUF model (default: $KVRT_MODEL, else\n"
@@ -61,6 +66,7 @@ void print_help() {
       "                          library's, 16); q8/q4 quantize keys per block\n"
       "      --one-prefill       one prefill per format and thread count, shared by\n"
       "                          every depth and repeat (prefill tok/s: that prefill)\n"
+      "      --interleave        the formats' decode steps alternate (see above)\n"
       "      --json              one JSON object per line per configuration\n"
       "      --bandwidth         measure memory read bandwidth and add the roofline:\n"
       "                          roofline tok/s = bandwidth / (weight bytes + depth x\n"
@@ -79,6 +85,7 @@ struct BenchOptions {
   uint32_t repeats = 3;
   uint32_t block_tokens = default_block_tokens();
   bool one_prefill = false;
+  bool interleave = false;
   bool json = false;
   bool bandwidth = false;
   uint64_t bandwidth_bytes = 1ull << 30;
@@ -244,34 +251,64 @@ struct DecodeRun {
   std::vector<double> step_ms, step_attn_ms;  // each step's own times
 };
 
+// One greedy decode run of a session from `depth`, a step at a time, so that
+// several sessions' runs can be interleaved step by step.
+class DecodeRunner {
+ public:
+  DecodeRunner(kvrt_session* session, uint32_t depth, int32_t first_token, std::vector<float>& logits)
+      : session_(session), depth_(depth), token_(first_token), logits_(logits) {
+    check(kvrt_session_rewind(session, depth), "rewinding to depth " + std::to_string(depth));
+    a_prev_ = attention_ns(session);
+  }
+  void step() {
+    const double t0 = now_seconds();
+    check(kvrt_decode_step(session_, &token_, 1, logits_.data(), logits_.size()),
+          "decoding at position " + std::to_string(depth_ + run_.step_ms.size()));
+    check(kvrt_session_sample(session_, logits_.data(), logits_.size(), &token_), "sampling");
+    const double t = now_seconds();
+    const uint64_t a = attention_ns(session_);
+    run_.step_ms.push_back((t - t0) * 1e3);
+    run_.step_attn_ms.push_back(static_cast<double>(a - a_prev_) / 1e6);
+    a_prev_ = a;
+  }
+  DecodeRun finish() {
+    double ms = 0, attn = 0;
+    for (double x : run_.step_ms) ms += x;
+    for (double x : run_.step_attn_ms) attn += x;
+    const double n = static_cast<double>(run_.step_ms.size());
+    run_.tok_s = n / (ms * 1e-3);
+    run_.attn_ms_per_tok = attn / n;
+    return run_;
+  }
+
+ private:
+  kvrt_session* session_;
+  uint32_t depth_;
+  int32_t token_;
+  std::vector<float>& logits_;
+  uint64_t a_prev_ = 0;
+  DecodeRun run_;
+};
+
 // Rewinds to `depth` and decodes n tokens greedily, one call each.
 DecodeRun decode_from(kvrt_session* session, uint32_t depth, uint32_t n_decode, int32_t first_token,
                       std::vector<float>& logits) {
-  check(kvrt_session_rewind(session, depth), "rewinding to depth " + std::to_string(depth));
-  int32_t token = first_token;
-  DecodeRun run{};
-  run.step_ms.reserve(n_decode);
-  run.step_attn_ms.reserve(n_decode);
-  const uint64_t a0 = attention_ns(session);
-  uint64_t a_prev = a0;
-  const double t0 = now_seconds();
-  double t_prev = t0;
-  for (uint32_t i = 0; i < n_decode; ++i) {
-    check(kvrt_decode_step(session, &token, 1, logits.data(), logits.size()),
-          "decoding at position " + std::to_string(depth + i));
-    check(kvrt_session_sample(session, logits.data(), logits.size(), &token), "sampling");
-    const double t = now_seconds();
-    const uint64_t a = attention_ns(session);
-    run.step_ms.push_back((t - t_prev) * 1e3);
-    run.step_attn_ms.push_back(static_cast<double>(a - a_prev) / 1e6);
-    t_prev = t;
-    a_prev = a;
-  }
-  const double elapsed = t_prev - t0;
-  run.tok_s = n_decode / elapsed;
-  run.attn_ms_per_tok = static_cast<double>(a_prev - a0) / 1e6 / n_decode;
-  return run;
+  DecodeRunner r(session, depth, first_token, logits);
+  for (uint32_t i = 0; i < n_decode; ++i) r.step();
+  return r.finish();
 }
+
+// The runs of one (format, threads, depth) row.
+struct RowRuns {
+  std::vector<double> pre, dec, attn, steps, step_attn;
+  void add(double prefill_tok_s, const DecodeRun& d) {
+    pre.push_back(prefill_tok_s);
+    dec.push_back(d.tok_s);
+    attn.push_back(d.attn_ms_per_tok);
+    steps.insert(steps.end(), d.step_ms.begin(), d.step_ms.end());
+    step_attn.insert(step_attn.end(), d.step_attn_ms.begin(), d.step_attn_ms.end());
+  }
+};
 
 }  // namespace
 
@@ -314,6 +351,8 @@ int cmd_bench(int argc, char** argv) {
       o.block_tokens = parse_block_tokens(opt, a.value());
     } else if (a.is("--one-prefill")) {
       o.one_prefill = true;
+    } else if (a.is("--interleave")) {
+      o.interleave = o.one_prefill = true;
     } else if (a.is("--json")) {
       o.json = true;
     } else if (a.is("--bandwidth")) {
@@ -389,8 +428,9 @@ int cmd_bench(int argc, char** argv) {
   if (!o.json) {
     std::printf("model: %s (%s, %" PRIu64 " weight bytes)\n", path.c_str(), info.name, info.weight_bytes);
     if (o.one_prefill)
-      std::printf("decode of %u tokens, %u run%s per row (median); one prefill of %u tokens per format and thread count\n\n",
-                  o.n_decode, o.repeats, o.repeats == 1 ? "" : "s", prompt_max);
+      std::printf("decode of %u tokens, %u run%s per row (median); one prefill of %u tokens per format and thread count%s\n\n",
+                  o.n_decode, o.repeats, o.repeats == 1 ? "" : "s", prompt_max,
+                  o.interleave ? "; formats' steps interleaved" : "");
     else
       std::printf("decode of %u tokens, %u run%s per row (median); prefill on max(depth, %u) tokens\n\n",
                   o.n_decode, o.repeats, o.repeats == 1 ? "" : "s", o.prefill_min);
@@ -401,95 +441,135 @@ int cmd_bench(int argc, char** argv) {
     std::fflush(stdout);
   }
 
+  // One row of the table (or one JSON line) from a row's runs.
+  auto print_row = [&](const std::string& kv_name, uint64_t bpt, unsigned used_threads, uint32_t depth,
+                       uint32_t prefill_tokens, const RowRuns& rr) {
+    const double prefill_tok_s = median(rr.pre), decode_tok_s = median(rr.dec), attn_ms = median(rr.attn);
+    const double p50_ms = median(rr.steps), p50_attn_ms = median(rr.step_attn);
+    // Cache bytes one step's attention reads, at the mean context of the steps.
+    const double step_kv_bytes = (depth + (o.n_decode - 1) / 2.0 + 1) * static_cast<double>(bpt);
+    const double attn_bytes_s = attn_ms > 0 ? step_kv_bytes / (attn_ms * 1e-3) : 0.0;
+    double bw = 0, roof = 0, frac = 0;
+    if (o.bandwidth) {
+      auto it = bandwidth.find(used_threads);
+      bw = it != bandwidth.end() ? it->second : bandwidth[hw];
+      roof = bw / (static_cast<double>(info.decode_weight_bytes) + static_cast<double>(depth) * bpt);
+      frac = decode_tok_s / roof;
+    }
+    if (o.json) {
+      std::printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"decode_weight_bytes\":%" PRIu64 ",\"kv_bytes_per_token\":%" PRIu64
+                  ",\"kv\":\"%s\",\"threads\":%u,\"depth\":%u,\"n_decode\":%u,\"prefill_tokens\":%u,"
+                  "\"repeats\":%u,\"interleaved\":%s,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"ms_per_token\":%.4f,"
+                  "\"attention_ms_per_token\":%.4f,\"attention_bytes_s\":%.0f,"
+                  "\"p50_ms_per_token\":%.4f,\"p50_attention_ms\":%.4f",
+                  json_escape(path).c_str(), info.weight_bytes, info.decode_weight_bytes, bpt, kv_name.c_str(),
+                  used_threads, depth, o.n_decode, prefill_tokens, o.repeats, o.interleave ? "true" : "false",
+                  prefill_tok_s, decode_tok_s, 1e3 / decode_tok_s, attn_ms, attn_bytes_s, p50_ms, p50_attn_ms);
+      if (o.bandwidth)
+        std::printf(",\"bandwidth_bytes_s\":%.0f,\"roofline_tok_s\":%.3f,\"roofline_frac\":%.4f", bw, roof, frac);
+      std::printf("}\n");
+    } else {
+      std::printf("| %s | %u | %u | %.1f | %.1f | %.3f | %.3f | %.2f | %.3f | %.3f |", kv_name.c_str(), used_threads,
+                  depth, prefill_tok_s, decode_tok_s, 1e3 / decode_tok_s, attn_ms, attn_bytes_s / 1e9, p50_ms,
+                  p50_attn_ms);
+      if (o.bandwidth) std::printf(" %.1f | %.3f |", roof, frac);
+      std::printf("\n");
+    }
+    std::fflush(stdout);
+  };
+  const uint64_t bt = o.block_tokens;
+  const uint64_t max_tokens = std::max<uint64_t>(prompt_max, max_depth + o.n_decode);
+  // KV budget for one session of format pair i: the largest session in whole
+  // blocks, plus a margin for blocks the pool may hand out around the edges.
+  auto session_budget = [&](size_t i) { return ((max_tokens + bt - 1) / bt + 2) * bt * kv_bpt[i]; };
+  const uint32_t shared_ctx = std::min<uint32_t>(static_cast<uint32_t>(max_tokens), info.n_ctx_train);
+  std::vector<uint32_t> deepest_first = o.depths;
+  std::sort(deepest_first.begin(), deepest_first.end(), std::greater<uint32_t>());
+
   int failures = 0;
-  for (size_t ki = 0; ki < o.kv.size(); ++ki) {
+  if (o.interleave) {
+    // Formats the library refuses are reported and left out; the rest share
+    // one runtime per thread count.
+    std::vector<size_t> live;
+    uint64_t budget = 16ull << 20;
+    for (size_t i = 0; i < o.kv.size(); ++i) {
+      if (kv_bpt[i] == 0) {
+        ++failures;
+        std::fprintf(stderr, "kvrt: kv %s: %s\n", kv_pair_name(o.kv[i].first, o.kv[i].second).c_str(),
+                     kv_error[i].c_str());
+        continue;
+      }
+      live.push_back(i);
+      budget += session_budget(i);
+    }
+    for (uint32_t threads : o.threads) {
+      if (live.empty()) break;
+      RuntimePtr runtime = make_runtime(threads, budget, o.block_tokens);
+      ModelPtr model = load_model(runtime.get(), path);
+      kvrt_runtime_stats rs{};
+      rs.struct_size = sizeof rs;
+      check(kvrt_runtime_get_stats(runtime.get(), &rs));
+      std::vector<float> logits(info.n_vocab);
+      std::vector<SessionPtr> sessions;
+      std::vector<double> prefill_tok_s;
+      for (size_t i : live) {
+        sessions.push_back(new_session(model.get(), o.kv[i].first, o.kv[i].second, shared_ctx));
+        prefill_tok_s.push_back(prefill(sessions.back().get(), prompt_all, logits));
+      }
+      for (uint32_t depth : deepest_first) {
+        std::vector<RowRuns> rows(live.size());
+        for (uint32_t r = 0; r < o.repeats; ++r) {
+          std::vector<DecodeRunner> runners;
+          for (size_t j = 0; j < live.size(); ++j) runners.emplace_back(sessions[j].get(), depth, first_token, logits);
+          for (uint32_t step = 0; step < o.n_decode; ++step)
+            for (DecodeRunner& d : runners) d.step();
+          for (size_t j = 0; j < live.size(); ++j) rows[j].add(prefill_tok_s[j], runners[j].finish());
+        }
+        for (size_t j = 0; j < live.size(); ++j)
+          print_row(kv_pair_name(o.kv[live[j]].first, o.kv[live[j]].second), kv_bpt[live[j]], rs.n_threads, depth,
+                    prompt_max, rows[j]);
+      }
+    }
+  }
+  for (size_t ki = 0; ki < o.kv.size() && !o.interleave; ++ki) {
     const auto [fk, fv] = o.kv[ki];
     const uint64_t bpt = kv_bpt[ki];
     for (uint32_t threads : o.threads) {
       const std::string kv_name = kv_pair_name(fk, fv);
       try {
         if (bpt == 0) throw CliError(kExitFailure, kv_error[ki]);
-        // The budget holds the largest session in whole blocks, plus a margin
-        // for blocks the pool may hand out around the edges.
-        const uint64_t bt = o.block_tokens;
-        const uint64_t max_tokens = std::max<uint64_t>(prompt_max, max_depth + o.n_decode);
-        const uint64_t blocks = (max_tokens + bt - 1) / bt + 2;
-        const uint64_t budget = blocks * bt * bpt + (16ull << 20);
-
-        RuntimePtr runtime = make_runtime(threads, budget, o.block_tokens);
+        RuntimePtr runtime = make_runtime(threads, session_budget(ki) + (16ull << 20), o.block_tokens);
         ModelPtr model = load_model(runtime.get(), path);
         kvrt_runtime_stats rs{};
         rs.struct_size = sizeof rs;
         check(kvrt_runtime_get_stats(runtime.get(), &rs));
-        const unsigned used_threads = rs.n_threads;
 
         std::vector<float> logits(info.n_vocab);
         // --one-prefill: one session holds the whole prompt; each run rewinds it.
         SessionPtr shared;
         double shared_prefill_tok_s = 0;
         if (o.one_prefill) {
-          const uint32_t n_ctx = std::max<uint32_t>(prompt_max, max_depth + o.n_decode);
-          shared = new_session(model.get(), fk, fv, std::min(n_ctx, info.n_ctx_train));
+          shared = new_session(model.get(), fk, fv, shared_ctx);
           shared_prefill_tok_s = prefill(shared.get(), prompt_all, logits);
         }
         // A shared session can only be rewound, and a decode run leaves its
         // own tokens after `depth`: deepest first, every run's context is
         // then the prompt's first `depth` tokens.
-        std::vector<uint32_t> depths = o.depths;
-        if (shared) std::sort(depths.begin(), depths.end(), std::greater<uint32_t>());
-        for (uint32_t depth : depths) {
+        for (uint32_t depth : shared ? deepest_first : o.depths) {
           const uint32_t n_prompt = std::min(std::max(depth, o.prefill_min), info.n_ctx_train);
           const std::vector<int32_t> prompt(prompt_all.begin(), prompt_all.begin() + n_prompt);
           const uint32_t n_ctx = std::max<uint32_t>(n_prompt, depth + o.n_decode);
-          std::vector<double> pre, dec, attn, steps, step_attn;
+          RowRuns rr;
           for (uint32_t r = 0; r < o.repeats; ++r) {
             SessionPtr own;
-            if (shared) {
-              pre.push_back(shared_prefill_tok_s);
-            } else {
+            double pre = shared_prefill_tok_s;
+            if (!shared) {
               own = new_session(model.get(), fk, fv, n_ctx);
-              pre.push_back(prefill(own.get(), prompt, logits));
+              pre = prefill(own.get(), prompt, logits);
             }
-            const DecodeRun d =
-                decode_from(shared ? shared.get() : own.get(), depth, o.n_decode, first_token, logits);
-            dec.push_back(d.tok_s);
-            attn.push_back(d.attn_ms_per_tok);
-            steps.insert(steps.end(), d.step_ms.begin(), d.step_ms.end());
-            step_attn.insert(step_attn.end(), d.step_attn_ms.begin(), d.step_attn_ms.end());
+            rr.add(pre, decode_from(shared ? shared.get() : own.get(), depth, o.n_decode, first_token, logits));
           }
-          const double prefill_tok_s = median(pre), decode_tok_s = median(dec), attn_ms = median(attn);
-          const double p50_ms = median(steps), p50_attn_ms = median(step_attn);
-          // Cache bytes one step's attention reads, at the mean context of the steps.
-          const double step_kv_bytes = (depth + (o.n_decode - 1) / 2.0 + 1) * static_cast<double>(bpt);
-          const double attn_bytes_s = attn_ms > 0 ? step_kv_bytes / (attn_ms * 1e-3) : 0.0;
-          double bw = 0, roof = 0, frac = 0;
-          if (o.bandwidth) {
-            auto it = bandwidth.find(used_threads);
-            bw = it != bandwidth.end() ? it->second : bandwidth[hw];
-            roof = bw / (static_cast<double>(info.decode_weight_bytes) + static_cast<double>(depth) * bpt);
-            frac = decode_tok_s / roof;
-          }
-          if (o.json) {
-            std::printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"decode_weight_bytes\":%" PRIu64 ",\"kv_bytes_per_token\":%" PRIu64
-                        ",\"kv\":\"%s\",\"threads\":%u,\"depth\":%u,\"n_decode\":%u,\"prefill_tokens\":%u,"
-                        "\"repeats\":%u,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"ms_per_token\":%.4f,"
-                        "\"attention_ms_per_token\":%.4f,\"attention_bytes_s\":%.0f,"
-                        "\"p50_ms_per_token\":%.4f,\"p50_attention_ms\":%.4f",
-                        json_escape(path).c_str(), info.weight_bytes, info.decode_weight_bytes, bpt, kv_name.c_str(), used_threads,
-                        depth, o.n_decode, shared ? prompt_max : n_prompt, o.repeats, prefill_tok_s, decode_tok_s,
-                        1e3 / decode_tok_s, attn_ms, attn_bytes_s, p50_ms, p50_attn_ms);
-            if (o.bandwidth)
-              std::printf(",\"bandwidth_bytes_s\":%.0f,\"roofline_tok_s\":%.3f,\"roofline_frac\":%.4f", bw,
-                          roof, frac);
-            std::printf("}\n");
-          } else {
-            std::printf("| %s | %u | %u | %.1f | %.1f | %.3f | %.3f | %.2f | %.3f | %.3f |", kv_name.c_str(),
-                        used_threads, depth, prefill_tok_s, decode_tok_s, 1e3 / decode_tok_s, attn_ms,
-                        attn_bytes_s / 1e9, p50_ms, p50_attn_ms);
-            if (o.bandwidth) std::printf(" %.1f | %.3f |", roof, frac);
-            std::printf("\n");
-          }
-          std::fflush(stdout);
+          print_row(kv_name, bpt, rs.n_threads, depth, shared ? prompt_max : n_prompt, rr);
         }
       } catch (const CliError& e) {
         if (e.exit_code != kExitFailure) throw;

@@ -229,6 +229,21 @@ for line in open(sys.argv[1]):
       fail "--one-prefill rows are not deepest first"
     [ "$(grep -c '"prefill_tokens":600,' "$out")" -eq 6 ] || fail "--one-prefill rows do not all name the one 600-token prefill"
     grep -q '"kv":"q8","threads":1,"depth":40,' "$out" || fail "no q8 row at depth 40"
+    # --interleave: the formats' steps alternate in one runtime; rows come
+    # deepest first, formats in the order given, each naming the shared
+    # prefill and saying it was interleaved.
+    run bench -m "$model" --json -n 4 --depth 0,40 -r 2 -t 1 --interleave --kv q8,f16
+    expect_rc 0 "bench --interleave"
+    [ "$(grep -o '"kv":"[a-z0-9/]*","threads":1,"depth":[0-9]*' "$out" | tr '\n' ' ')" = \
+      '"kv":"q8","threads":1,"depth":40 "kv":"f16","threads":1,"depth":40 "kv":"q8","threads":1,"depth":0 "kv":"f16","threads":1,"depth":0 ' ] ||
+      fail "--interleave rows are not deepest first with the formats in order"
+    [ "$(grep -c '"interleaved":true,' "$out")" -eq 4 ] || fail "--interleave rows do not say interleaved"
+    [ "$(grep -c '"prefill_tokens":512,' "$out")" -eq 4 ] || fail "--interleave rows do not name the one 512-token prefill"
+    # A format the library refuses is reported; the others still run.
+    run bench -m "$model" -n 2 --depth 8 -r 1 -t 1 --interleave --kv f16,bf16
+    expect_rc 1 "bench --interleave with bf16"
+    grep -q "kv bf16" "$err" || fail "the refused format is not named"
+    grep -q "^| f16 | 1 | 8 |" "$out" || fail "no f16 row beside the refused format"
     run bench -m "$model" -n 2 --depth 16 -r 1 -t 1 --bandwidth --bandwidth-size 16M
     expect_rc 0 "bench --bandwidth"
     grep -q "memory read bandwidth" "$out" || fail "no bandwidth line"
