@@ -688,16 +688,10 @@ BlockQFn pick_ng(uint32_t ng) {
   }
 }
 
-// Whole 64-channel runs (a q4 key transpose takes 32 bytes = 64 channels)
-// and passes of 1, 2, 4 or 8 heads (other counts take the float step).
-bool block_q_takes(uint32_t hd, uint32_t ng) {
-  return hd % 64 == 0 && hd <= kQAttnMaxHeadDim && (ng == 1 || ng == 2 || ng == 4 || ng == 8);
-}
-
 bool block_q(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
              size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale, uint32_t ng,
              float* m, float* l, float* acc) {
-  if (!block_q_takes(hd, ng) || ngv != hd / 32) return false;
+  if (!qattn_block_q_takes(hd, ng) || ngv != hd / 32) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
   const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
                         : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));
@@ -718,7 +712,6 @@ const QAttnOps* qattn_ops_avx512() {
     o.block = block;
     // The integer key path needs AVX-512 VNNI (vpdpbusd).
     if (__builtin_cpu_supports("avx512vnni")) {
-      o.block_q_takes = block_q_takes;
       o.block_q = block_q;
     }
     return o;

@@ -407,16 +407,10 @@ BlockQFn pick_ng(uint32_t ng) {
 
 }  // namespace
 
-// Whole 64-channel runs (a q4 key transpose takes 32 bytes = 64 channels)
-// and passes of 1, 2, 4 or 8 heads, as the AVX-512 step.
-bool qattn_block_q_takes_avx2(uint32_t hd, uint32_t ng) {
-  return hd % 64 == 0 && hd <= kQAttnMaxHeadDim && (ng == 1 || ng == 2 || ng == 4 || ng == 8);
-}
-
 bool qattn_block_q_avx2(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
                         size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale, uint32_t ng,
                         float* m, float* l, float* acc) {
-  if (!qattn_block_q_takes_avx2(hd, ng) || ngv != hd / 32) return false;
+  if (!qattn_block_q_takes(hd, ng) || ngv != hd / 32) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
   const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
                         : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));

@@ -110,7 +110,7 @@ void cvt_f16_scalar(const uint16_t* src, uint32_t n, float* dst) {
 
 const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,    k_f16_scalar,   v_i8_scalar,
                              v_u4_scalar,  v_f16_scalar,   exp_sum_scalar, cvt_f16_scalar,
-                             nullptr,      fold_scalar,    nullptr,        nullptr};
+                             nullptr,      fold_scalar,    nullptr};
 
 const QAttnOps& ops() {
   if (cpu_isa() >= CpuIsa::avx512) {
@@ -163,7 +163,7 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
       __builtin_prefetch((const void*)x, 0, 3);
   };
   for (uint32_t pb = t0 / bt; pb < t0 / bt + kPrefetchBlocks; ++pb) prefetch(pb);
-  const bool rounded = op.block_q && op.block_q_takes(hd, ngh);
+  const bool rounded = op.block_q && qattn_block_q_takes(hd, ngh);
   for (uint32_t b = t0 / bt; t0 < t1 && b * bt < t1; ++b) {
     // The rounded-query step takes up to kQAttnBatchBlocks quantized blocks
     // per call (rows [lo, hi) of each), so its softmax update is shared.
@@ -269,9 +269,13 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
 
 const QAttnOps& qattn_ops_scalar() { return kScalarOps; }
 
+bool qattn_block_q_takes(uint32_t hd, uint32_t ng) {
+  return hd % 64 == 0 && hd <= kQAttnMaxHeadDim && (ng == 1 || ng == 2 || ng == 4 || ng == 8);
+}
+
 bool qattn_rounds_query(uint32_t head_dim, uint32_t ng) {
   const QAttnOps& op = ops();
-  return op.block_q && op.block_q_takes(head_dim, ng);
+  return op.block_q && qattn_block_q_takes(head_dim, ng);
 }
 
 void attention_quant(const QAttnArgs& qa, uint32_t kv_head) {

@@ -99,8 +99,7 @@ struct QAttnOps {
   // per 32 channels (int8 against q4 keys, 15 bits against q8; the error
   // bound is in docs/quantization.md) and updates the online softmax once per
   // 64 scored rows rather than once per block. Tried before fold+block for
-  // the shapes block_q_takes(hd, ng) accepts; returns false otherwise.
-  bool (*block_q_takes)(uint32_t hd, uint32_t ng);
+  // the shapes qattn_block_q_takes(hd, ng) accepts; returns false otherwise.
   bool (*block_q)(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks, uint32_t nb,
                   size_t rbk, size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale,
                   uint32_t ng, float* m, float* l, float* acc);
@@ -117,9 +116,13 @@ bool qattn_rounds_query(uint32_t head_dim, uint32_t ng);
 const QAttnOps& qattn_ops_scalar();
 // Null when this build has no AVX2 version.
 const QAttnOps* qattn_ops_avx2();
+// The shapes both rounded-query steps (AVX2 and AVX-512, QAttnOps::block_q)
+// take: head_dim a multiple of 64 (a q4 key transpose takes 32 bytes = 64
+// channels) and passes of 1, 2, 4 or 8 query heads; other shapes take the
+// float step.
+bool qattn_block_q_takes(uint32_t hd, uint32_t ng);
 // The 256-bit rounded-query step (attention-quant-int-avx2.cpp), the AVX2
-// table's QAttnOps::block_q_takes and block_q.
-bool qattn_block_q_takes_avx2(uint32_t hd, uint32_t ng);
+// table's QAttnOps::block_q.
 bool qattn_block_q_avx2(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks,
                         uint32_t nb, size_t rbk, size_t rbv, uint32_t ngv, uint32_t hd,
                         const float* q, float scale, uint32_t ng, float* m, float* l, float* acc);
