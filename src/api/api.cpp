@@ -83,10 +83,9 @@ const std::string& isa_env_error() {
   static const std::string err = [] {
     const char* v = std::getenv("KVRT_MAX_ISA");
     if (!v) return std::string();
-    const char* const names[] = {"scalar", "avx2", "avx512"};  // CpuIsa order
     int level = -1;
-    for (int i = 0; i < 3; ++i)
-      if (std::strcmp(v, names[i]) == 0) level = i;
+    for (int i = (int)kvrt_k::CpuIsa::scalar; i <= (int)kvrt_k::CpuIsa::avx512; ++i)
+      if (std::strcmp(v, kvrt_k::cpu_isa_name((kvrt_k::CpuIsa)i)) == 0) level = i;
     if (level < 0)
       return std::string("environment variable KVRT_MAX_ISA is \"") + v +
              "\"; expected scalar, avx2 or avx512";
