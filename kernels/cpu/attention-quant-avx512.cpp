@@ -489,67 +489,74 @@ struct VRun {
 constexpr uint32_t kMaxRuns = 4;
 
 // acc[k] = alpha[k] * acc[k] + sum over runs r and rows t of
-// w[k][r][G][t] * code(r, t, c) (+ mb[k][G] for q4) for K heads, 64 channels
-// per pass, the accumulators held in registers over all runs; w is
-// [k][kMaxRuns][G][kVRows]. Out of line: inlined into softmax_values, whose
-// live vectors leave too few registers, the q8 loop spilled its inputs
-// (measured 10% slower for the whole q8 step).
-template <uint32_t VF, int K>
-__attribute__((noinline)) void values_vnni(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd, const float* w,
-                        const float* mb, const float* alpha, float* acc) {
-  const uint32_t ngv = hd / 32;
+// w[k][r][G][t] * code(r, t, c) (+ mb[k][G] for q4) for K heads over the
+// NV * 16 channels from c0 (NV = 4: groups G0, G0 + 1; NV = 2: the last
+// group of a head_dim that is an odd multiple of 32), the accumulators held
+// in registers over all runs; w is [k][kMaxRuns][G][kVRows].
+template <uint32_t VF, int K, int NV>
+inline void values_pass(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd, uint32_t c0,
+                        const float* w, const float* mb, const float* alpha, float* acc) {
+  const uint32_t ngv = hd / 32, G0 = c0 / 32;
   const size_t wk = (size_t)kMaxRuns * ngv * kVRows;  // floats per head in w
-  for (uint32_t c0 = 0; c0 < hd; c0 += 64) {
-    const uint32_t G0 = c0 / 32;
-    __m512 a[K][4];
-    for (int k = 0; k < K; ++k) {
-      const __m512 al = _mm512_set1_ps(alpha[k]);
-      for (int u = 0; u < 4; ++u)
-        a[k][u] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + (size_t)k * hd + c0 + 16 * u));
-      if constexpr (VF == kKvqQ4) {
-        split_even_odd(&a[k][0], &a[k][1]);
-        split_even_odd(&a[k][2], &a[k][3]);
-      }
-    }
-    for (uint32_t r = 0; r < nr; ++r) {
-      const uint8_t* codes = runs[r].v;
-      const float* wr = w + ((size_t)r * ngv + G0) * kVRows;
-      for (uint32_t t = 0; t < runs[r].n; ++t) {
-        const uint8_t* row = codes + t * rb;
-        __m512 x[4];
-        if constexpr (VF == kKvqQ8) {
-          for (int u = 0; u < 4; ++u)
-            x[u] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(row + c0 + 16 * u))));
-        } else {
-          for (int h = 0; h < 2; ++h) {
-            const __m512i y = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + c0 / 2 + 16 * h)));
-            x[2 * h] = _mm512_cvtepi32_ps(_mm512_and_si512(y, _mm512_set1_epi32(0x0f)));
-            x[2 * h + 1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(y, 4));
-          }
+  __m512 a[K][NV];
+  for (int k = 0; k < K; ++k) {
+    const __m512 al = _mm512_set1_ps(alpha[k]);
+    for (int u = 0; u < NV; ++u)
+      a[k][u] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + (size_t)k * hd + c0 + 16 * u));
+    if constexpr (VF == kKvqQ4)
+      for (int u = 0; u < NV; u += 2) split_even_odd(&a[k][u], &a[k][u + 1]);
+  }
+  for (uint32_t r = 0; r < nr; ++r) {
+    const uint8_t* codes = runs[r].v;
+    const float* wr = w + ((size_t)r * ngv + G0) * kVRows;
+    for (uint32_t t = 0; t < runs[r].n; ++t) {
+      const uint8_t* row = codes + t * rb;
+      __m512 x[NV];
+      if constexpr (VF == kKvqQ8) {
+        for (int u = 0; u < NV; ++u)
+          x[u] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(row + c0 + 16 * u))));
+      } else {
+        for (int h = 0; h < NV / 2; ++h) {
+          const __m512i y = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + c0 / 2 + 16 * h)));
+          x[2 * h] = _mm512_cvtepi32_ps(_mm512_and_si512(y, _mm512_set1_epi32(0x0f)));
+          x[2 * h + 1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(y, 4));
         }
-        for (int k = 0; k < K; ++k) {
-          const float* wt = wr + k * wk + t;
-          const __m512 w0 = _mm512_set1_ps(wt[0]), w1 = _mm512_set1_ps(wt[kVRows]);
-          a[k][0] = _mm512_fmadd_ps(w0, x[0], a[k][0]);
-          a[k][1] = _mm512_fmadd_ps(w0, x[1], a[k][1]);
+      }
+      for (int k = 0; k < K; ++k) {
+        const float* wt = wr + k * wk + t;
+        const __m512 w0 = _mm512_set1_ps(wt[0]);
+        a[k][0] = _mm512_fmadd_ps(w0, x[0], a[k][0]);
+        a[k][1] = _mm512_fmadd_ps(w0, x[1], a[k][1]);
+        if constexpr (NV == 4) {
+          const __m512 w1 = _mm512_set1_ps(wt[kVRows]);
           a[k][2] = _mm512_fmadd_ps(w1, x[2], a[k][2]);
           a[k][3] = _mm512_fmadd_ps(w1, x[3], a[k][3]);
         }
       }
     }
-    for (int k = 0; k < K; ++k) {
-      if constexpr (VF == kKvqQ4) {
-        const __m512 m0 = _mm512_set1_ps(mb[k * ngv + G0]), m1 = _mm512_set1_ps(mb[k * ngv + G0 + 1]);
-        a[k][0] = _mm512_add_ps(a[k][0], m0);
-        a[k][1] = _mm512_add_ps(a[k][1], m0);
-        a[k][2] = _mm512_add_ps(a[k][2], m1);
-        a[k][3] = _mm512_add_ps(a[k][3], m1);
-        join_even_odd(&a[k][0], &a[k][1]);
-        join_even_odd(&a[k][2], &a[k][3]);
-      }
-      for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc + (size_t)k * hd + c0 + 16 * u, a[k][u]);
-    }
   }
+  for (int k = 0; k < K; ++k) {
+    if constexpr (VF == kKvqQ4)
+      for (int u = 0; u < NV; u += 2) {
+        const __m512 mv = _mm512_set1_ps(mb[k * ngv + G0 + u / 2]);
+        a[k][u] = _mm512_add_ps(a[k][u], mv);
+        a[k][u + 1] = _mm512_add_ps(a[k][u + 1], mv);
+        join_even_odd(&a[k][u], &a[k][u + 1]);
+      }
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + (size_t)k * hd + c0 + 16 * u, a[k][u]);
+  }
+}
+
+// All channels of K heads: 64 per pass, then 32 when head_dim is an odd
+// multiple of 32. Out of line: inlined into softmax_values, whose live
+// vectors leave too few registers, the q8 loop spilled its inputs
+// (measured 10% slower for the whole q8 step).
+template <uint32_t VF, int K>
+__attribute__((noinline)) void values_vnni(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd, const float* w,
+                        const float* mb, const float* alpha, float* acc) {
+  uint32_t c0 = 0;
+  for (; c0 + 64 <= hd; c0 += 64) values_pass<VF, K, 4>(runs, nr, rb, hd, c0, w, mb, alpha, acc);
+  if (c0 < hd) values_pass<VF, K, 2>(runs, nr, rb, hd, c0, w, mb, alpha, acc);
 }
 
 // One online-softmax update of NG heads over the scores s[r][g] of nr runs

@@ -205,12 +205,15 @@ void test_kernel_levels(void**) {
   kt::Rng rng(21);
   char ctx[160];
   for (auto& fp : kPairs)
-    for (uint32_t hd : {8u, 64u, 80u, 96u, 128u, 33u, 256u})
+    for (uint32_t hd : {8u, 32u, 64u, 80u, 96u, 128u, 33u, 256u})
       for (uint32_t bt : {16u, 32u})
       for (uint32_t n_tokens : {1u, 16u, 37u, 131u}) {
         if (bt == 32 && hd != 64) continue;  // blocks of 32: runs of 16 rows and a tail
-        // Query heads per KV head: 10 (passes of 8 and 2), 4, 2 or 3.
-        const uint32_t n_kv = 2, n_head = hd == 64 ? 20 : hd == 128 ? 8 : hd == 256 ? 4 : 6, n_q = std::min(n_tokens, 3u), layer = 1;
+        // Query heads per KV head: 10 (passes of 8 and 2), 4, 2, 1 or 3
+        // (3 takes the float step at every level; 32 and 96, odd multiples
+        // of 32, take the rounded one with a 32-channel last pass).
+        const uint32_t n_kv = 2, n_q = std::min(n_tokens, 3u), layer = 1;
+        const uint32_t n_head = hd == 64 ? 20 : (hd == 128 || hd == 96) ? 8 : hd == 256 ? 4 : hd == 32 ? 2 : 6;
         QCache c = make(2, n_kv, hd, bt, fp[0], fp[1], n_tokens, rng);
         std::vector<float> q((size_t)n_q * n_head * hd);
         for (auto& f : q) f = rng.uni(-2.0f, 2.0f);
