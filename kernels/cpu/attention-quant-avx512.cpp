@@ -219,6 +219,10 @@ bool block(uint32_t kfmt, uint32_t vfmt, const uint8_t* kcodes, size_t rbk, cons
 // has VNNI); helpers without it inline into them.
 #define KVRT_VNNI __attribute__((target("avx512vnni")))
 
+// Channels per head of the rounded query: head_dim up to a whole 32-channel
+// group (the rounding group); the padding holds zeros.
+constexpr uint32_t qpad(uint32_t hd) { return (hd + 31) & ~31u; }
+
 // Rows of codes per transposed run (one score lane per row).
 constexpr uint32_t kVRows = 16;
 constexpr uint32_t kMaxG32 = kQAttnMaxHeadDim / 32;
@@ -338,7 +342,9 @@ constexpr uint32_t kQBytes = KF == kKvqQ8 ? 2 : 1;  // query bytes per channel
 template <uint32_t KF, uint32_t NG>
 inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_t hd, uint8_t* qb,
                        float* dq, float* bias) {
-  const uint32_t ng32 = hd / 32;
+  // A head_dim that is an odd multiple of 16 ends in a 16-channel group: its
+  // upper half reads as zero, and each head's bytes take qpad(hd) channels.
+  const uint32_t hp = qpad(hd), ng32 = hp / 32;
   const __m512 sv = _mm512_set1_ps(scale);
   const __m128i odd_even = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
   __m512 bs[8];
@@ -353,15 +359,17 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
     for (uint32_t j = 0; j < 8; ++j) mx[j] = _mm512_setzero_ps();
     for (uint32_t u = 0; u < gn; ++u) {
       const uint32_t c = 32 * (G0 + u);
+      const __mmask16 up = c + 32 <= hd ? 0xffff : 0;  // the group's channels 16..31 exist
       const __m512 k0 = _mm512_mul_ps(sv, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + c))));
-      const __m512 k1 = _mm512_mul_ps(sv, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + c + 16))));
+      const __m512 k1 = _mm512_mul_ps(sv, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(up, ksc + c + 16)));
       __m512 m0 = _mm512_setzero_ps(), m1 = m0;
       if constexpr (KF == kKvqQ4) {
         m0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + hd + c)));
-        m1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + hd + c + 16)));
+        m1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(up, ksc + hd + c + 16));
       }
       for (uint32_t g = 0; g < NG; ++g) {
-        const __m512 q0 = _mm512_loadu_ps(q + (size_t)g * hd + c), q1 = _mm512_loadu_ps(q + (size_t)g * hd + c + 16);
+        const __m512 q0 = _mm512_loadu_ps(q + (size_t)g * hd + c);
+        const __m512 q1 = _mm512_maskz_loadu_ps(up, q + (size_t)g * hd + c + 16);
         a[u][g][0] = _mm512_mul_ps(q0, k0);
         a[u][g][1] = _mm512_mul_ps(q1, k1);
         mx[u * NG + g] = _mm512_max_ps(_mm512_abs_ps(a[u][g][0]), _mm512_abs_ps(a[u][g][1]));
@@ -382,14 +390,14 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
         const __m512 inv = _mm512_permutexvar_ps(_mm512_set1_epi32((int)j), fi);
         const __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(a[u][g][0], inv));
         const __m512i ib = _mm512_cvtps_epi32(_mm512_mul_ps(a[u][g][1], inv));
-        uint8_t* o = qb + (size_t)g * kQBytes<KF> * hd + c;
+        uint8_t* o = qb + (size_t)g * kQBytes<KF> * hp + c;
         if constexpr (KF == kKvqQ8) {
           const __m128i flip = _mm_set1_epi8((char)0x80);
           const __m512i low = _mm512_set1_epi32(127);
           _mm_storeu_si128((__m128i*)o, _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_srai_epi32(ia, 7)), flip));
           _mm_storeu_si128((__m128i*)(o + 16), _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_srai_epi32(ib, 7)), flip));
-          _mm_storeu_si128((__m128i*)(o + hd), _mm512_cvtepi32_epi8(_mm512_and_si512(ia, low)));
-          _mm_storeu_si128((__m128i*)(o + hd + 16), _mm512_cvtepi32_epi8(_mm512_and_si512(ib, low)));
+          _mm_storeu_si128((__m128i*)(o + hp), _mm512_cvtepi32_epi8(_mm512_and_si512(ia, low)));
+          _mm_storeu_si128((__m128i*)(o + hp + 16), _mm512_cvtepi32_epi8(_mm512_and_si512(ib, low)));
         } else {
           _mm_storeu_si128((__m128i*)o, _mm_shuffle_epi8(_mm512_cvtepi32_epi8(ia), odd_even));
           _mm_storeu_si128((__m128i*)(o + 16), _mm_shuffle_epi8(_mm512_cvtepi32_epi8(ib), odd_even));
@@ -405,15 +413,15 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
   }
 }
 
-// Scores of 16 tokens for K heads: s[k] lane t = bias + sum over groups of
-// d * integer dot product. q8: 128 * (hi part) + (lo part), where the hi
+// Scores of 16 tokens for K heads over hp = qpad(head_dim) channels: s[k]
+// lane t = bias + sum over groups of d * integer dot product. q8: 128 * (hi part) + (lo part), where the hi
 // products are (hi + 128) * code, so 128 * (the group's code sum per token,
 // one more vpdpbusd per code vector, shared by the heads) is subtracted.
 template <uint32_t KF, int K>
-KVRT_VNNI inline void scores_vnni(const __m512i* kc, uint32_t hd, const uint8_t* qb, const float* d,
+KVRT_VNNI inline void scores_vnni(const __m512i* kc, uint32_t hp, const uint8_t* qb, const float* d,
                         const float* bias, __m512* s) {
-  const uint32_t ng32 = hd / 32;
-  const size_t qstride = (size_t)kQBytes<KF> * hd;
+  const uint32_t ng32 = hp / 32;
+  const size_t qstride = (size_t)kQBytes<KF> * hp;
   for (int k = 0; k < K; ++k) s[k] = _mm512_set1_ps(bias[k]);
   for (uint32_t G = 0; G < ng32; ++G) {
     __m512i acc[K], lo[K], col = _mm512_setzero_si512();
@@ -424,7 +432,7 @@ KVRT_VNNI inline void scores_vnni(const __m512i* kc, uint32_t hd, const uint8_t*
         __builtin_memcpy(&w, qb + k * qstride + 4 * m, 4);
         if constexpr (KF == kKvqQ8) {
           int32_t wl;
-          __builtin_memcpy(&wl, qb + k * qstride + hd + 4 * m, 4);
+          __builtin_memcpy(&wl, qb + k * qstride + hp + 4 * m, 4);
           acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_set1_epi32(w), kc[m]);
           lo[k] = _mm512_dpbusd_epi32(lo[k], _mm512_set1_epi32(wl), kc[m]);
         } else {
@@ -490,20 +498,22 @@ constexpr uint32_t kMaxRuns = 4;
 
 // acc[k] = alpha[k] * acc[k] + sum over runs r and rows t of
 // w[k][r][G][t] * code(r, t, c) (+ mb[k][G] for q4) for K heads over the
-// NV * 16 channels from c0 (NV = 4: groups G0, G0 + 1; NV = 2: the last
-// group of a head_dim that is an odd multiple of 32), the accumulators held
-// in registers over all runs; w is [k][kMaxRuns][G][kVRows].
+// NV * 16 channels from c0 (NV = 4: groups G0, G0 + 1; NV = 2: a last group
+// of 32 channels; NV = 1: a last group of 16), the accumulators held in
+// registers over all runs; w is [k][kMaxRuns][G][kVRows]. q4 passes of 32
+// or 64 channels keep even and odd channels apart (a code byte holds one of
+// each); a 16-channel pass unpacks its 8 bytes in channel order.
 template <uint32_t VF, int K, int NV>
 inline void values_pass(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd, uint32_t c0,
                         const float* w, const float* mb, const float* alpha, float* acc) {
-  const uint32_t ngv = hd / 32, G0 = c0 / 32;
+  const uint32_t ngv = qpad(hd) / 32, G0 = c0 / 32;
   const size_t wk = (size_t)kMaxRuns * ngv * kVRows;  // floats per head in w
   __m512 a[K][NV];
   for (int k = 0; k < K; ++k) {
     const __m512 al = _mm512_set1_ps(alpha[k]);
     for (int u = 0; u < NV; ++u)
       a[k][u] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + (size_t)k * hd + c0 + 16 * u));
-    if constexpr (VF == kKvqQ4)
+    if constexpr (VF == kKvqQ4 && NV >= 2)
       for (int u = 0; u < NV; u += 2) split_even_odd(&a[k][u], &a[k][u + 1]);
   }
   for (uint32_t r = 0; r < nr; ++r) {
@@ -515,6 +525,10 @@ inline void values_pass(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd, u
       if constexpr (VF == kKvqQ8) {
         for (int u = 0; u < NV; ++u)
           x[u] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(row + c0 + 16 * u))));
+      } else if constexpr (NV == 1) {
+        const __m128i b = _mm_loadl_epi64((const __m128i*)(row + c0 / 2)), m4 = _mm_set1_epi8(0x0f);
+        const __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+        x[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
       } else {
         for (int h = 0; h < NV / 2; ++h) {
           const __m512i y = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + c0 / 2 + 16 * h)));
@@ -526,7 +540,7 @@ inline void values_pass(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd, u
         const float* wt = wr + k * wk + t;
         const __m512 w0 = _mm512_set1_ps(wt[0]);
         a[k][0] = _mm512_fmadd_ps(w0, x[0], a[k][0]);
-        a[k][1] = _mm512_fmadd_ps(w0, x[1], a[k][1]);
+        if constexpr (NV >= 2) a[k][1] = _mm512_fmadd_ps(w0, x[1], a[k][1]);
         if constexpr (NV == 4) {
           const __m512 w1 = _mm512_set1_ps(wt[kVRows]);
           a[k][2] = _mm512_fmadd_ps(w1, x[2], a[k][2]);
@@ -536,19 +550,21 @@ inline void values_pass(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd, u
     }
   }
   for (int k = 0; k < K; ++k) {
-    if constexpr (VF == kKvqQ4)
+    if constexpr (VF == kKvqQ4 && NV == 1) {
+      a[k][0] = _mm512_add_ps(a[k][0], _mm512_set1_ps(mb[k * ngv + G0]));
+    } else if constexpr (VF == kKvqQ4) {
       for (int u = 0; u < NV; u += 2) {
         const __m512 mv = _mm512_set1_ps(mb[k * ngv + G0 + u / 2]);
         a[k][u] = _mm512_add_ps(a[k][u], mv);
         a[k][u + 1] = _mm512_add_ps(a[k][u + 1], mv);
         join_even_odd(&a[k][u], &a[k][u + 1]);
       }
+    }
     for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + (size_t)k * hd + c0 + 16 * u, a[k][u]);
   }
 }
 
-// All channels of K heads: 64 per pass, then 32 when head_dim is an odd
-// multiple of 32. Out of line: inlined into softmax_values, whose live
+// All channels of K heads: 64 per pass, then the 32 and 16 left. Out of line: inlined into softmax_values, whose live
 // vectors leave too few registers, the q8 loop spilled its inputs
 // (measured 10% slower for the whole q8 step).
 template <uint32_t VF, int K>
@@ -556,7 +572,11 @@ __attribute__((noinline)) void values_vnni(const VRun* runs, uint32_t nr, size_t
                         const float* mb, const float* alpha, float* acc) {
   uint32_t c0 = 0;
   for (; c0 + 64 <= hd; c0 += 64) values_pass<VF, K, 4>(runs, nr, rb, hd, c0, w, mb, alpha, acc);
-  if (c0 < hd) values_pass<VF, K, 2>(runs, nr, rb, hd, c0, w, mb, alpha, acc);
+  if (c0 + 32 <= hd) {
+    values_pass<VF, K, 2>(runs, nr, rb, hd, c0, w, mb, alpha, acc);
+    c0 += 32;
+  }
+  if (c0 < hd) values_pass<VF, K, 1>(runs, nr, rb, hd, c0, w, mb, alpha, acc);
 }
 
 // One online-softmax update of NG heads over the scores s[r][g] of nr runs
@@ -564,7 +584,7 @@ __attribute__((noinline)) void values_vnni(const VRun* runs, uint32_t nr, size_t
 template <uint32_t VF, uint32_t NG>
 void softmax_values(__m512 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, uint32_t hd,
                     float* m, float* l, float* acc) {
-  const uint32_t ngv = hd / 32;
+  const uint32_t ngv = qpad(hd) / 32;
   __m512 mx[8];
   for (uint32_t g = 0; g < 8; ++g) mx[g] = g < NG ? s[0][g] : _mm512_set1_ps(-INFINITY);
   for (uint32_t r = 1; r < nr; ++r)
@@ -632,12 +652,12 @@ void softmax_values(__m512 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, u
 template <uint32_t KF, uint32_t NG>
 KVRT_VNNI __attribute__((noinline)) void score_run(const uint8_t* kcodes, size_t rbk, uint32_t n, uint32_t hd,
                          const uint8_t* qb, const float* dq, const float* bias, __m512* s) {
-  const uint32_t ngv = hd / 32;
+  const uint32_t hp = qpad(hd);
   __m512i kc[kQAttnMaxHeadDim / 4];
   key_vectors<KF>(kcodes, rbk, n, hd, kc);
   for (uint32_t g0 = 0; g0 < NG; g0 += 4) {
     constexpr int K = NG < 4 ? (int)NG : 4;
-    scores_vnni<KF, K>(kc, hd, qb + (size_t)g0 * kQBytes<KF> * hd, dq + (size_t)g0 * ngv,
+    scores_vnni<KF, K>(kc, hp, qb + (size_t)g0 * kQBytes<KF> * hp, dq + (size_t)g0 * (hp / 32),
                        bias + g0, s + g0);
   }
   const __mmask16 live = tail_mask(n);
@@ -657,7 +677,7 @@ inline void prefetch_lines(const uint8_t* p, uint32_t n) {
 template <uint32_t KF, uint32_t VF, uint32_t NG>
 KVRT_VNNI void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, uint32_t hd,
                          const float* q, float scale, float* m, float* l, float* acc) {
-  const uint32_t ngv = hd / 32;
+  const uint32_t ngv = qpad(hd) / 32;
   alignas(64) uint8_t qb[NG * kQBytes<KF> * kQAttnMaxHeadDim];
   float dq[NG * kMaxG32], bias[NG];
   __m512 s[kMaxRuns][8];
@@ -698,7 +718,7 @@ BlockQFn pick_ng(uint32_t ng) {
 bool block_q(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
              size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale, uint32_t ng,
              float* m, float* l, float* acc) {
-  if (!qattn_block_q_takes(hd, ng) || ngv != hd / 32) return false;
+  if (!qattn_block_q_takes(hd, ng) || ngv != qpad(hd) / 32) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
   const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
                         : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));

@@ -35,6 +35,10 @@ constexpr uint32_t kRows = 8;
 constexpr uint32_t kMaxRuns = 8;
 constexpr uint32_t kMaxG32 = kQAttnMaxHeadDim / 32;
 
+// Channels per head of the rounded query: head_dim up to a whole 32-channel
+// group (the rounding group); the padding holds zeros.
+constexpr uint32_t qpad(uint32_t hd) { return (hd + 31) & ~31u; }
+
 // z[i] = 8 dwords of row i -> z[j] lane t = dword j of row t.
 inline void transpose8(__m256i* z) {
   __m256 r[8], t[8], u[8];
@@ -100,22 +104,27 @@ inline __m256i pack_bytes(const __m256i* x) {
 template <uint32_t KF, uint32_t NG>
 inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_t hd, uint8_t* qb,
                        float* dq, float* bias) {
-  const uint32_t ng32 = hd / 32;
+  // A head_dim that is an odd multiple of 16 ends in a 16-channel group:
+  // its upper half is zero, and each head's bytes take qpad(hd) channels.
+  const uint32_t hp = qpad(hd), ng32 = hp / 32;
   const __m256 sv = _mm256_set1_ps(scale);
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 bs[NG];
   for (uint32_t g = 0; g < NG; ++g) bs[g] = _mm256_setzero_ps();
   for (uint32_t G = 0; G < ng32; ++G) {
     const uint32_t c = 32 * G;
+    const int nu = c + 32 <= hd ? 4 : 2;  // vectors of 8 channels that exist
     __m256 k[4], mn[4];
     for (int u = 0; u < 4; ++u) {
+      k[u] = mn[u] = _mm256_setzero_ps();
+      if (u >= nu) continue;
       k[u] = _mm256_mul_ps(sv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ksc + c + 8 * u))));
       if constexpr (KF == kKvqQ4) mn[u] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ksc + hd + c + 8 * u)));
     }
     for (uint32_t g = 0; g < NG; ++g) {
       __m256 a[4], mx = _mm256_setzero_ps();
       for (int u = 0; u < 4; ++u) {
-        const __m256 qv = _mm256_loadu_ps(q + (size_t)g * hd + c + 8 * u);
+        const __m256 qv = u < nu ? _mm256_loadu_ps(q + (size_t)g * hd + c + 8 * u) : _mm256_setzero_ps();
         a[u] = _mm256_mul_ps(qv, k[u]);
         mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, a[u]));
         if constexpr (KF == kKvqQ4) bs[g] = _mm256_fmadd_ps(qv, mn[u], bs[g]);
@@ -125,7 +134,7 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
       const __m256 inv = _mm256_set1_ps(amax > 0.0f ? kQMax<KF> / amax : 0.0f);
       __m256i ia[4];
       for (int u = 0; u < 4; ++u) ia[u] = _mm256_cvtps_epi32(_mm256_mul_ps(a[u], inv));
-      uint8_t* o = qb + (size_t)kQBytes<KF> * (g * hd + c);
+      uint8_t* o = qb + (size_t)kQBytes<KF> * (g * hp + c);
       if constexpr (KF == kKvqQ8) {
         const __m256i pairs = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
                                                0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
@@ -143,16 +152,16 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
   for (uint32_t g = 0; g < NG; ++g) bias[g] = KF == kKvqQ4 ? scale * hsum(bs[g]) : 0.0f;
 }
 
-// Scores of 8 rows for K heads: s[k] lane t = bias + sum over groups of d *
-// (integer dot product of the group). q4: vpmaddubsw (codes 0..15 x int8
+// Scores of 8 rows for K heads over hp = qpad(head_dim) channels: s[k] lane
+// t = bias + sum over groups of d * (integer dot product of the group). q4: vpmaddubsw (codes 0..15 x int8
 // query: pair sums <= 3810) summed in int16 over the group's 8 code vectors
 // (<= 30480) and widened once. q8: the codes of each dword widened to int16
 // (bytes 0, 2 and bytes 1, 3) and vpmaddwd against the int16 query.
 template <uint32_t KF, int K>
-inline void scores(const __m256i* kc, uint32_t hd, const uint8_t* qb, const float* d,
+inline void scores(const __m256i* kc, uint32_t hp, const uint8_t* qb, const float* d,
                        const float* bias, __m256* s) {
-  const uint32_t ng32 = hd / 32;
-  const size_t qstride = (size_t)kQBytes<KF> * hd;
+  const uint32_t ng32 = hp / 32;
+  const size_t qstride = (size_t)kQBytes<KF> * hp;
   for (int k = 0; k < K; ++k) s[k] = _mm256_set1_ps(bias[k]);
   for (uint32_t G = 0; G < ng32; ++G) {
     __m256i acc[K];
@@ -195,11 +204,12 @@ inline void mask_rows(uint32_t n, __m256* s) {
 template <uint32_t KF, uint32_t NG>
 __attribute__((noinline)) void score_run(const uint8_t* kcodes, size_t rbk, uint32_t n, uint32_t hd,
                                          const uint8_t* qb, const float* dq, const float* bias, __m256* s) {
+  const uint32_t hp = qpad(hd);
   __m256i kc[kQAttnMaxHeadDim / 4];
   key_vectors<KF>(kcodes, rbk, n, hd, kc);
   for (uint32_t g0 = 0; g0 < NG; g0 += 4) {
     constexpr int K = NG < 4 ? (int)NG : 4;
-    scores<KF, K>(kc, hd, qb + (size_t)g0 * kQBytes<KF> * hd, dq + (size_t)g0 * (hd / 32), bias + g0, s + g0);
+    scores<KF, K>(kc, hp, qb + (size_t)g0 * kQBytes<KF> * hp, dq + (size_t)g0 * (hp / 32), bias + g0, s + g0);
   }
   mask_rows<NG>(n, s);
 }
@@ -245,7 +255,7 @@ inline void token_lanes(const uint16_t* p, uint32_t ngv, uint32_t n, __m256* v) 
 template <uint32_t VF, int K>
 __attribute__((noinline)) void values(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd,
                                       const float* w, const float* mb, const float* alpha, float* acc) {
-  const uint32_t ngv = hd / 32;
+  const uint32_t ngv = qpad(hd) / 32;
   const size_t wk = (size_t)kMaxRuns * ngv * kRows;  // floats per head in w
   for (uint32_t c0 = 0; c0 < hd; c0 += 16) {
     const uint32_t G = c0 / 32;
@@ -303,7 +313,7 @@ __attribute__((noinline)) void values(const VRun* runs, uint32_t nr, size_t rb, 
 template <uint32_t VF, uint32_t NG>
 void softmax_values(__m256 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, uint32_t hd, float* m,
                     float* l, float* acc) {
-  const uint32_t ngv = hd / 32;
+  const uint32_t ngv = qpad(hd) / 32;
   float m_new[NG], alpha[NG];
   for (uint32_t g = 0; g < NG; ++g) {
     __m256 mx = s[0][g];
@@ -367,7 +377,7 @@ inline void prefetch_lines(const uint8_t* p, uint32_t n) {
 template <uint32_t KF, uint32_t VF, uint32_t NG>
 void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, uint32_t hd, const float* q,
                float scale, float* m, float* l, float* acc) {
-  const uint32_t ngv = hd / 32;
+  const uint32_t ngv = qpad(hd) / 32;
   alignas(32) uint8_t qb[NG * kQBytes<KF> * kQAttnMaxHeadDim];
   float dq[NG * kMaxG32], bias[NG];
   __m256 s[kMaxRuns][8];
@@ -410,7 +420,7 @@ BlockQFn pick_ng(uint32_t ng) {
 bool qattn_block_q_avx2(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
                         size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale, uint32_t ng,
                         float* m, float* l, float* acc) {
-  if (!qattn_block_q_takes(hd, ng) || ngv != hd / 32) return false;
+  if (!qattn_block_q_takes(hd, ng) || ngv != qpad(hd) / 32) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
   const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
                         : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));

@@ -270,7 +270,7 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
 const QAttnOps& qattn_ops_scalar() { return kScalarOps; }
 
 bool qattn_block_q_takes(uint32_t hd, uint32_t ng) {
-  return hd % 32 == 0 && hd <= kQAttnMaxHeadDim && (ng == 1 || ng == 2 || ng == 4 || ng == 8);
+  return hd % 16 == 0 && hd <= kQAttnMaxHeadDim && (ng == 1 || ng == 2 || ng == 4 || ng == 8);
 }
 
 bool qattn_rounds_query(uint32_t head_dim, uint32_t ng) {

@@ -117,12 +117,13 @@ const QAttnOps& qattn_ops_scalar();
 // Null when this build has no AVX2 version.
 const QAttnOps* qattn_ops_avx2();
 // The shapes both rounded-query steps (AVX2 and AVX-512, QAttnOps::block_q)
-// take: head_dim a multiple of 32 (the query is rounded per 32 channels)
-// and passes of 1, 2, 4 or 8 query heads; other shapes take the float step.
-// A q4 key transpose takes 32 bytes (64 channels) of each row: for a
-// head_dim that is an odd multiple of 32, the last one reads 16 bytes past
-// the row, inside the block's key part (the next row, or the key scales
-// after the last row), and those lanes meet no query.
+// take: head_dim a multiple of 16 and passes of 1, 2, 4 or 8 query heads;
+// other shapes take the float step. The query is rounded per 32 channels (a
+// last group of 16 is padded with zeros), and a key transpose takes 32
+// bytes of each row (32 q8 or 64 q4 channels): where the row is shorter,
+// the last one reads up to 24 bytes past it, inside the block's key part
+// (the next row, or the key scales, at least 2 * head_dim bytes, after the
+// last row), and those lanes meet zero query bytes.
 bool qattn_block_q_takes(uint32_t hd, uint32_t ng);
 // The 256-bit rounded-query step (attention-quant-int-avx2.cpp), the AVX2
 // table's QAttnOps::block_q.

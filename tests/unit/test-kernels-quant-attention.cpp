@@ -102,8 +102,9 @@ QAttnArgs args(const QCache& c, uint32_t layer, const std::vector<float>& q, std
 // Score of key t (head h, query q) as a kernel that rounds the query
 // computes it (QAttnOps::block_q, docs/quantization.md): the query folded
 // in float with the softmax scale and the block's key scales, rounded per
-// 32 channels to integers with d = max|folded| / qmax (q4 keys: 127, an
-// int8 query; q8 keys: 16383), times the integer codes.
+// 32 channels (the last group of a head_dim that is an odd multiple of 16
+// has 16) to integers with d = max|folded| / qmax (q4 keys: 127, an int8
+// query; q8 keys: 16383), times the integer codes.
 // *bound gets sum over groups of d / 2 * sum |code|: how far that score may
 // be from the unrounded one.
 double rounded_score(const QCache& c, uint32_t layer, const float* q, uint32_t kvh, uint32_t t,
@@ -117,15 +118,16 @@ double rounded_score(const QCache& c, uint32_t layer, const float* q, uint32_t k
   double s = 0.0;
   *bound = 0.0;
   for (uint32_t g0 = 0; g0 < hd; g0 += 32) {
+    const uint32_t gn = std::min(32u, hd - g0);
     float qs[32], amax = 0.0f;
-    for (uint32_t ch = 0; ch < 32; ++ch) {
+    for (uint32_t ch = 0; ch < gn; ++ch) {
       qs[ch] = q[g0 + ch] * (scale * f16_to_f32(ks[g0 + ch]));
       amax = std::max(amax, fabsf(qs[ch]));
     }
     const float qmax = L.k_format == KV_Q8 ? 16383.0f : 127.0f;
     const float inv = amax > 0.0f ? qmax / amax : 0.0f, d = amax * (1.0f / qmax);
     double dot = 0.0, codes = 0.0;
-    for (uint32_t ch = g0; ch < g0 + 32; ++ch) {
+    for (uint32_t ch = g0; ch < g0 + gn; ++ch) {
       const int code = L.k_format == KV_Q8 ? (int)((const int8_t*)kp)[j * rb + ch]
                                            : (int)kvq_get4(kp + j * rb, ch);
       dot += (double)nearbyintf(qs[ch - g0] * inv) * code;
@@ -205,15 +207,16 @@ void test_kernel_levels(void**) {
   kt::Rng rng(21);
   char ctx[160];
   for (auto& fp : kPairs)
-    for (uint32_t hd : {8u, 32u, 64u, 80u, 96u, 128u, 33u, 256u})
+    for (uint32_t hd : {8u, 16u, 32u, 48u, 64u, 80u, 96u, 128u, 33u, 256u})
       for (uint32_t bt : {16u, 32u})
       for (uint32_t n_tokens : {1u, 16u, 37u, 131u}) {
         if (bt == 32 && hd != 64) continue;  // blocks of 32: runs of 16 rows and a tail
-        // Query heads per KV head: 10 (passes of 8 and 2), 4, 2, 1 or 3
-        // (3 takes the float step at every level; 32 and 96, odd multiples
-        // of 32, take the rounded one with a 32-channel last pass).
+        // Query heads per KV head: 10 (passes of 8 and 2), 8, 4, 2, 1 or 3
+        // (3 takes the float step at every level: the fused one for 128).
+        // 16, 48 and 80 end in a 16-channel group, 32 and 96 in a 32-one.
         const uint32_t n_kv = 2, n_q = std::min(n_tokens, 3u), layer = 1;
-        const uint32_t n_head = hd == 64 ? 20 : (hd == 128 || hd == 96) ? 8 : hd == 256 ? 4 : hd == 32 ? 2 : 6;
+        const uint32_t n_head = hd == 64 ? 20 : hd == 80 ? 16 : (hd == 96 || hd == 48) ? 8
+                                : hd == 256 || hd == 16 ? 4 : hd == 32 ? 2 : 6;
         QCache c = make(2, n_kv, hd, bt, fp[0], fp[1], n_tokens, rng);
         std::vector<float> q((size_t)n_q * n_head * hd);
         for (auto& f : q) f = rng.uni(-2.0f, 2.0f);
