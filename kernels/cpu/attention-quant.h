@@ -111,6 +111,8 @@ constexpr uint32_t kQAttnFusedFloats = 2048;
 // True when, at the current ISA level, a pass of ng query heads (passes
 // take kQAttnGroupChunk heads of a KV head group, the last one the rest) is
 // scored against a rounded query (QAttnOps::block_q), as tests must know.
+// Head counts the step does not take (3, 5, 6, 7) run padded with zero
+// queries to the next power of two.
 bool qattn_rounds_query(uint32_t head_dim, uint32_t ng);
 
 const QAttnOps& qattn_ops_scalar();

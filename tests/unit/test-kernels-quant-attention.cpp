@@ -212,8 +212,9 @@ void test_kernel_levels(void**) {
       for (uint32_t n_tokens : {1u, 16u, 37u, 131u}) {
         if (bt == 32 && hd != 64) continue;  // blocks of 32: runs of 16 rows and a tail
         // Query heads per KV head: 10 (passes of 8 and 2), 8, 4, 2, 1 or 3
-        // (3 takes the float step at every level: the fused one for 128).
-        // 16, 48 and 80 end in a 16-channel group, 32 and 96 in a 32-one.
+        // (128: a pass of 3 padded to 4). 16, 48 and 80 end in a 16-channel
+        // rounding group, 32 and 96 in a 32-channel one; 8 and 33 take the
+        // float step.
         const uint32_t n_kv = 2, n_q = std::min(n_tokens, 3u), layer = 1;
         const uint32_t n_head = hd == 64 ? 20 : hd == 80 ? 16 : (hd == 96 || hd == 48) ? 8
                                 : hd == 256 || hd == 16 ? 4 : hd == 32 ? 2 : 6;
