@@ -1,11 +1,11 @@
 // AVX2 + FMA + F16C inner loops of attention over q8/q4 blocks: key scores
 // against the scale-folded query, value accumulation with on-the-fly
-// dequantization, the query fold and a fused per-block step. Channel tails
-// not a multiple of 8 use scalar code.
+// dequantization and the query fold, for the shapes the rounded-query step
+// (attention-quant-int-avx2.cpp) does not take and for the f16 tail block.
+// Channel tails not a multiple of 8 use scalar code.
 #include <immintrin.h>
 #include <math.h>
 
-#include <type_traits>
 
 #include "../common/fp16.h"
 #include "../common/kv-quant.h"
@@ -232,185 +232,6 @@ void cvt_f16(const uint16_t* src, uint32_t n, float* dst) {
   for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i]);
 }
 
-// Fused step over one run of quantized rows: codes are converted to floats
-// once into L1 scratch, then every head of the group reads them, with 2
-// tokens (scores) or 16 channels (values) per pass so enough independent
-// FMA chains are in flight to hide their latency.
-constexpr uint32_t kFused = kQAttnFusedFloats;
-
-// Keys: code values (q8: the int8; q4: the nibble) as floats; the scale and
-// minimum are folded into the query and bias.
-template <uint32_t F>
-inline void keys_to_f32(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, float* out) {
-  for (uint32_t t = 0; t < n; ++t) {
-    const uint8_t* r = codes + t * rb;
-    float* o = out + (size_t)t * hd;
-    for (uint32_t c = 0; c < hd; c += 32) {
-      if constexpr (F == kKvqQ8) {
-        for (int k = 0; k < 4; ++k)
-          _mm256_storeu_ps(o + c + 8 * k, load_i8((const int8_t*)r + c + 8 * k));
-      } else {
-        const __m128i x = _mm_loadu_si128((const __m128i*)(r + c / 2)), m = _mm_set1_epi8(0x0f);
-        const __m128i lo = _mm_and_si128(x, m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
-        const __m128i a = _mm_unpacklo_epi8(lo, hi), b = _mm_unpackhi_epi8(lo, hi);
-        _mm256_storeu_ps(o + c, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(a)));
-        _mm256_storeu_ps(o + c + 8, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(a, a))));
-        _mm256_storeu_ps(o + c + 16, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
-        _mm256_storeu_ps(o + c + 24, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(b, b))));
-      }
-    }
-  }
-}
-
-// Values fully dequantized (scale * code, q4: + minimum); groups are 32 wide.
-template <uint32_t F>
-inline void values_to_f32(const uint8_t* codes, size_t rb, const uint16_t* sc, const uint16_t* mn,
-                          uint32_t ngv, uint32_t n, uint32_t hd, float* out) {
-  for (uint32_t t = 0; t < n; ++t) {
-    const uint8_t* r = codes + t * rb;
-    float* o = out + (size_t)t * hd;
-    for (uint32_t c = 0; c < hd; c += 32) {
-      const __m256 s = _mm256_set1_ps(_cvtsh_ss(sc[t * ngv + c / 32]));
-      if constexpr (F == kKvqQ8) {
-        for (int k = 0; k < 4; ++k)
-          _mm256_storeu_ps(o + c + 8 * k, _mm256_mul_ps(s, load_i8((const int8_t*)r + c + 8 * k)));
-      } else {
-        const __m256 mv = _mm256_set1_ps(_cvtsh_ss(mn[t * ngv + c / 32]));
-        const __m128i x = _mm_loadu_si128((const __m128i*)(r + c / 2)), m = _mm_set1_epi8(0x0f);
-        const __m128i lo = _mm_and_si128(x, m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
-        const __m128i a = _mm_unpacklo_epi8(lo, hi), b = _mm_unpackhi_epi8(lo, hi);
-        const __m128i q[4] = {a, _mm_unpackhi_epi64(a, a), b, _mm_unpackhi_epi64(b, b)};
-        for (int k = 0; k < 4; ++k)
-          _mm256_storeu_ps(o + c + 8 * k,
-                           _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q[k])), s, mv));
-      }
-    }
-  }
-}
-
-// s[g * C + t] = bias[g] + dot(qs[g], k[t]) for K heads, two tokens per pass.
-template <int K>
-inline void scores_f32(const float* k, uint32_t n, uint32_t hd, const float* qs, const float* bias,
-                       float* s) {
-  uint32_t t = 0;
-  for (; t + 2 <= n; t += 2) {
-    __m256 a[4], b[4];
-    for (int g = 0; g < 4; ++g) a[g] = b[g] = _mm256_setzero_ps();
-    const float* k0 = k + (size_t)t * hd;
-    const float* k1 = k0 + hd;
-    for (uint32_t c = 0; c < hd; c += 8) {
-      const __m256 x0 = _mm256_loadu_ps(k0 + c), x1 = _mm256_loadu_ps(k1 + c);
-      for (int g = 0; g < K; ++g) {
-        const __m256 q = _mm256_loadu_ps(qs + g * hd + c);
-        a[g] = _mm256_fmadd_ps(q, x0, a[g]);
-        b[g] = _mm256_fmadd_ps(q, x1, b[g]);
-      }
-    }
-    float sa[4], sb[4];
-    _mm_storeu_ps(sa, hsum4(a[0], a[1], a[2], a[3]));
-    _mm_storeu_ps(sb, hsum4(b[0], b[1], b[2], b[3]));
-    for (int g = 0; g < K; ++g) {
-      s[g * C + t] = sa[g] + bias[g];
-      s[g * C + t + 1] = sb[g] + bias[g];
-    }
-  }
-  if (t < n) {
-    __m256 a[4];
-    for (int g = 0; g < 4; ++g) a[g] = _mm256_setzero_ps();
-    const float* k0 = k + (size_t)t * hd;
-    for (uint32_t c = 0; c < hd; c += 8) {
-      const __m256 x0 = _mm256_loadu_ps(k0 + c);
-      for (int g = 0; g < K; ++g) a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qs + g * hd + c), x0, a[g]);
-    }
-    float sa[4];
-    _mm_storeu_ps(sa, hsum4(a[0], a[1], a[2], a[3]));
-    for (int g = 0; g < K; ++g) s[g * C + t] = sa[g] + bias[g];
-  }
-}
-
-// acc[g][c] += sum_t p[g * C + t] * v[t][c] for K heads, 16 channels per pass.
-template <int K>
-inline void accum_f32(const float* v, uint32_t n, uint32_t hd, const float* p, float* acc) {
-  for (uint32_t c = 0; c < hd; c += 16) {
-    __m256 a[4][2];
-    for (int g = 0; g < K; ++g) {
-      a[g][0] = _mm256_loadu_ps(acc + g * hd + c);
-      a[g][1] = _mm256_loadu_ps(acc + g * hd + c + 8);
-    }
-    for (uint32_t t = 0; t < n; ++t) {
-      const __m256 x0 = _mm256_loadu_ps(v + (size_t)t * hd + c);
-      const __m256 x1 = _mm256_loadu_ps(v + (size_t)t * hd + c + 8);
-      for (int g = 0; g < K; ++g) {
-        const __m256 w = _mm256_broadcast_ss(p + g * C + t);
-        a[g][0] = _mm256_fmadd_ps(w, x0, a[g][0]);
-        a[g][1] = _mm256_fmadd_ps(w, x1, a[g][1]);
-      }
-    }
-    for (int g = 0; g < K; ++g) {
-      _mm256_storeu_ps(acc + g * hd + c, a[g][0]);
-      _mm256_storeu_ps(acc + g * hd + c + 8, a[g][1]);
-    }
-  }
-}
-
-template <typename F>
-inline void by_four(uint32_t ng, F f) {
-  for (uint32_t g = 0; g < ng; g += 4) {
-    switch (ng - g) {
-      case 1: f(g, std::integral_constant<int, 1>{}); break;
-      case 2: f(g, std::integral_constant<int, 2>{}); break;
-      case 3: f(g, std::integral_constant<int, 3>{}); break;
-      default: f(g, std::integral_constant<int, 4>{}); break;
-    }
-  }
-}
-
-template <uint32_t KF, uint32_t VF>
-void block_t(const uint8_t* kcodes, size_t rbk, const uint8_t* vcodes, size_t rbv,
-             const uint16_t* vsc, const uint16_t* vmin, uint32_t ngv, uint32_t n, uint32_t hd,
-             const float* qs, const float* bias, uint32_t ng, float* m, float* l, float* acc) {
-  alignas(32) float kf[kFused], vf[kFused], s[kMaxNg * C];
-  keys_to_f32<KF>(kcodes, rbk, n, hd, kf);
-  by_four(ng, [&](uint32_t g, auto k) {
-    scores_f32<decltype(k)::value>(kf, n, hd, qs + (size_t)g * hd, bias + g, s + g * C);
-  });
-  const uint32_t n8 = n & ~7u;
-  for (uint32_t g = 0; g < ng; ++g) {
-    float* sg = s + g * C;
-    __m256 mx8 = _mm256_set1_ps(m[g]);
-    for (uint32_t t = 0; t < n8; t += 8) mx8 = _mm256_max_ps(mx8, _mm256_loadu_ps(sg + t));
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx8), _mm256_extractf128_ps(mx8, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    float mx = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
-    for (uint32_t t = n8; t < n; ++t) mx = sg[t] > mx ? sg[t] : mx;
-    if (mx > m[g]) {
-      const float alpha = m[g] == -INFINITY ? 0.0f : __builtin_expf(m[g] - mx);
-      const __m256 av = _mm256_set1_ps(alpha);
-      float* ac = acc + (size_t)g * hd;
-      for (uint32_t c = 0; c < hd; c += 8) _mm256_storeu_ps(ac + c, _mm256_mul_ps(av, _mm256_loadu_ps(ac + c)));
-      l[g] *= alpha;
-      m[g] = mx;
-    }
-    l[g] += exp_sum(sg, m[g], n, sg);  // weights overwrite the scores
-  }
-  values_to_f32<VF>(vcodes, rbv, vsc, vmin, ngv, n, hd, vf);
-  by_four(ng, [&](uint32_t g, auto k) {
-    accum_f32<decltype(k)::value>(vf, n, hd, s + g * C, acc + (size_t)g * hd);
-  });
-}
-
-bool block(uint32_t kfmt, uint32_t vfmt, const uint8_t* kcodes, size_t rbk, const uint8_t* vcodes,
-           size_t rbv, const uint16_t* vsc, const uint16_t* vmin, uint32_t ngv, uint32_t n,
-           uint32_t hd, const float* qs, const float* bias, uint32_t ng, float* m, float* l,
-           float* acc) {
-  if (hd % 32 != 0 || (size_t)n * hd > kFused || n > C || ng > kMaxNg) return false;
-  const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
-  auto f = k8 ? (v8 ? block_t<kKvqQ8, kKvqQ8> : block_t<kKvqQ8, kKvqQ4>)
-              : (v8 ? block_t<kKvqQ4, kKvqQ8> : block_t<kKvqQ4, kKvqQ4>);
-  f(kcodes, rbk, vcodes, rbv, vsc, vmin, ngv, n, hd, qs, bias, ng, m, l, acc);
-  return true;
-}
-
 void fold(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_format,
           const uint16_t* k_scales, float* qs, float* bias) {
   const uint32_t h8 = hd & ~7u;
@@ -434,7 +255,7 @@ void fold(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_form
 }
 
 // The rounded-query step (block_q) is in attention-quant-int-avx2.cpp.
-const QAttnOps kAvx2Ops = {k_i8, k_u4, k_f16, v_i8, v_u4, v_f16, exp_sum, cvt_f16, block, fold,
+const QAttnOps kAvx2Ops = {k_i8, k_u4, k_f16, v_i8, v_u4, v_f16, exp_sum, cvt_f16, fold,
                            qattn_block_q_avx2};
 
 }  // namespace

@@ -108,9 +108,9 @@ void cvt_f16_scalar(const uint16_t* src, uint32_t n, float* dst) {
   for (uint32_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
 }
 
-const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,    k_f16_scalar,   v_i8_scalar,
-                             v_u4_scalar,  v_f16_scalar,   exp_sum_scalar, cvt_f16_scalar,
-                             nullptr,      fold_scalar,    nullptr};
+const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,  k_f16_scalar,   v_i8_scalar,
+                             v_u4_scalar,  v_f16_scalar, exp_sum_scalar, cvt_f16_scalar,
+                             fold_scalar,  nullptr};
 
 const QAttnOps& ops() {
   if (cpu_isa() >= CpuIsa::avx512) {
@@ -231,19 +231,6 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
         bias[g] = 0.0f;
         for (uint32_t c = 0; c < hd; ++c) o[c] = q[c] * a.scale;
       }
-    }
-    if (quant && op.block) {
-      // Runs of at most kQAttnFusedFloats / hd rows; false means a shape the
-      // fused step does not take, decided by hd alone, so on the first run.
-      const uint32_t step = kQAttnFusedFloats / hd < C ? kQAttnFusedFloats / hd : C;
-      bool done = step > 0;
-      for (uint32_t u0 = lo; done && u0 < hi; u0 += step) {
-        const uint32_t n = hi - u0 < step ? hi - u0 : step, j = u0 - b * bt;
-        done = op.block(L.k_format, L.v_format, kp + j * rbk, rbk, vp + j * rbv, rbv,
-                        vsc + (size_t)j * ngv, vmin + (size_t)j * ngv, ngv, n, hd, qs, bias, ngh,
-                        m, l, acc);
-      }
-      if (done) continue;
     }
     for (uint32_t u0 = lo; u0 < hi; u0 += C) {
       const uint32_t n = hi - u0 < C ? hi - u0 : C, j = u0 - b * bt;

@@ -60,8 +60,8 @@ struct QAttnBlock {
 constexpr uint32_t kQAttnBatchBlocks = 4;
 
 // The inner loops, one table per ISA level (scalar reference, AVX2, AVX-512;
-// `block` may be null, `fold` is always set). Each
-// works on `ng` query heads at once so a row of codes is converted once.
+// `block_q` may be null). Each works on `ng` query heads at once so a row
+// of codes is converted once.
 // k_*: s[g * kQAttnChunk + t] = bias[g] + sum_c qs[g * hd + c] * key(t, c)
 // for n rows of codes (row stride rb bytes). v_*: acc[g * hd + c] +=
 // sum_t p[g * kQAttnChunk + t] * value(t, c), with per-token group scales
@@ -80,14 +80,6 @@ struct QAttnOps {
   void (*v_f16)(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, uint32_t ng, float* acc);
   float (*exp_sum)(const float* s, float m, uint32_t n, float* p);
   void (*cvt_f16)(const uint16_t* src, uint32_t n, float* dst);  // scales to f32
-  // Optional fused step over n rows of one quantized block for ng heads:
-  // scores against qs (+ bias), online-softmax update of m/l/acc, value
-  // accumulation. Returns false for shapes it does not take (it needs
-  // head_dim % 32 == 0 and n * head_dim <= kQAttnFusedFloats).
-  bool (*block)(uint32_t k_format, uint32_t v_format, const uint8_t* k_codes, size_t rbk,
-                const uint8_t* v_codes, size_t rbv, const uint16_t* v_scales,
-                const uint16_t* v_mins, uint32_t ngv, uint32_t n, uint32_t hd, const float* qs,
-                const float* bias, uint32_t ng, float* m, float* l, float* acc);
   // Folds a quantized block's per-channel key scales (and, for q4, minimums;
   // both f16 in k_scales, scales first) into ng queries q[g * hd + c]:
   // qs[g * hd + c] = q * scale * kscale_c, bias[g] = scale * sum_c q * kmin_c.
@@ -98,15 +90,13 @@ struct QAttnOps {
   // per block (q unscaled, k_scales as for fold), rounds the folded query
   // per 32 channels (int8 against q4 keys, 15 bits against q8; the error
   // bound is in docs/quantization.md) and updates the online softmax once per
-  // 64 scored rows rather than once per block. Tried before fold+block for
-  // the shapes qattn_block_q_takes(hd, ng) accepts; returns false otherwise.
+  // 64 scored rows rather than once per block. Tried before fold and the
+  // k_*/v_* loops for the shapes qattn_block_q_takes(hd, ng) accepts;
+  // returns false otherwise.
   bool (*block_q)(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks, uint32_t nb,
                   size_t rbk, size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale,
                   uint32_t ng, float* m, float* l, float* acc);
 };
-
-// Scratch floats per converted K or V run of the fused step (on the stack).
-constexpr uint32_t kQAttnFusedFloats = 2048;
 
 // True when, at the current ISA level, a pass of ng query heads (passes
 // take kQAttnGroupChunk heads of a KV head group, the last one the rest) is
