@@ -97,8 +97,10 @@ Session::Session(std::shared_ptr<const LoadedModel> model, const SessionConfig& 
                            layout.block_tokens, kvrt_k::KV_F16, kvrt_k::KV_F16);
     stage_.assign(stage_layout_.block_bytes, 0);
     stage_saved_.resize(stage_layout_.block_bytes);
-    qtmp_k_.resize(static_cast<size_t>(layout.block_tokens) * hp.head_dim);
-    qtmp_v_.resize(qtmp_k_.size());
+    const size_t per = static_cast<size_t>(layout.block_tokens) * hp.head_dim, nt = rt_.threads().size();
+    qtmp_k_.resize(nt * per);
+    qtmp_v_.resize(nt * per);
+    qtmp_h_.resize(nt * 2 * hp.head_dim);
   }
 
   const size_t mb = cfg_.max_batch, d = hp.n_embd, kvd = size_t(hp.n_head_kv) * hp.head_dim,
@@ -286,35 +288,58 @@ void Session::forward(const int32_t* tok, uint32_t n, uint32_t pos0, float* logi
 }
 
 // Writes the K/V rows of n tokens of one layer into the f16 stage; each block
-// that becomes full is quantized once into its pool block.
+// that becomes full is quantized once into its pool block, from its rows as
+// f16 (what attention saw of them so far). The blocks that fill in one call
+// (a prefill batch fills several) are quantized in parallel, one task per
+// block and KV head: the q4 parameter fit costs about as much per block as
+// the block's share of a prefill's matrix products.
 void Session::quant_store(uint32_t layer, const float* k, const float* v, uint32_t n,
                           uint32_t pos0) {
   const kvrt_k::KvLayout& lay = kv_->layout();
   const uint32_t bt = lay.block_tokens, hd = lay.head_dim, n_kv = lay.n_head_kv;
-  const size_t kvd = static_cast<size_t>(n_kv) * hd;
+  const size_t kvd = static_cast<size_t>(n_kv) * hd, per = static_cast<size_t>(bt) * hd;
   uint8_t* st = stage_.data();
-  for (uint32_t i = 0; i < n; ++i) {
-    const uint32_t pos = pos0 + i, off = pos % bt;
+  // Blocks [b0, b1) fill now; b0's rows before pos0 are in the stage.
+  const uint32_t b0 = pos0 / bt, b1 = (pos0 + n) / bt;
+  if (b1 > b0) {
+    rt_.threads().run((b1 - b0) * n_kv, [&](unsigned task, unsigned thread) {
+      const uint32_t b = b0 + task / n_kv, h = task % n_kv;
+      float* kx = qtmp_k_.data() + thread * per;
+      float* vx = qtmp_v_.data() + thread * per;
+      uint16_t* kh = qtmp_h_.data() + thread * 2 * size_t{hd};
+      uint16_t* vh = kh + hd;
+      const uint16_t* ks = reinterpret_cast<const uint16_t*>(st + kvrt_k::kv_k_offset(stage_layout_, layer, h));
+      const uint16_t* vs = reinterpret_cast<const uint16_t*>(st + kvrt_k::kv_v_offset(stage_layout_, layer, h));
+      for (uint32_t t = 0; t < bt; ++t) {
+        const uint32_t pos = b * bt + t;
+        const uint16_t* kr = ks + static_cast<size_t>(t) * hd;
+        const uint16_t* vr = vs + static_cast<size_t>(t) * hd;
+        if (pos >= pos0) {
+          const size_t i = pos - pos0;
+          kvrt_k::kv_store(kvrt_k::KV_F16, kh, k + i * kvd + h * hd, hd);
+          kvrt_k::kv_store(kvrt_k::KV_F16, vh, v + i * kvd + h * hd, hd);
+          kr = kh;
+          vr = vh;
+        }
+        for (uint32_t c = 0; c < hd; ++c) {
+          kx[t * hd + c] = kvrt_k::f16_to_f32(kr[c]);
+          vx[t * hd + c] = kvrt_k::f16_to_f32(vr[c]);
+        }
+      }
+      uint8_t* block = kv_->block_ptr(b);
+      kvrt_k::kvq_quantize_k(lay.k_format, block + kvrt_k::kv_k_offset(lay, layer, h), kx, hd, bt, bt, hd);
+      kvrt_k::kvq_quantize_v(lay.v_format, block + kvrt_k::kv_v_offset(lay, layer, h), vx, hd, bt, bt, hd);
+    });
+  }
+  // The stage keeps, per offset, the latest row written there: the last
+  // block_tokens rows of this call.
+  for (uint32_t i = n > bt ? n - bt : 0; i < n; ++i) {
+    const size_t off = (pos0 + i) % bt;
     for (uint32_t h = 0; h < n_kv; ++h) {
       kvrt_k::kv_store(kvrt_k::KV_F16, st + kvrt_k::kv_k_offset(stage_layout_, layer, h) + off * hd * 2,
                        k + i * kvd + h * hd, hd);
       kvrt_k::kv_store(kvrt_k::KV_F16, st + kvrt_k::kv_v_offset(stage_layout_, layer, h) + off * hd * 2,
                        v + i * kvd + h * hd, hd);
-    }
-    if (off != bt - 1) continue;
-    uint8_t* block = kv_->block_ptr(pos / bt);
-    for (uint32_t h = 0; h < n_kv; ++h) {
-      // The staged f16 values are what attention saw so far; quantize those.
-      const uint16_t* ks = reinterpret_cast<const uint16_t*>(st + kvrt_k::kv_k_offset(stage_layout_, layer, h));
-      const uint16_t* vs = reinterpret_cast<const uint16_t*>(st + kvrt_k::kv_v_offset(stage_layout_, layer, h));
-      for (size_t j = 0; j < qtmp_k_.size(); ++j) {
-        qtmp_k_[j] = kvrt_k::f16_to_f32(ks[j]);
-        qtmp_v_[j] = kvrt_k::f16_to_f32(vs[j]);
-      }
-      kvrt_k::kvq_quantize_k(lay.k_format, block + kvrt_k::kv_k_offset(lay, layer, h), qtmp_k_.data(), hd,
-                             bt, bt, hd);
-      kvrt_k::kvq_quantize_v(lay.v_format, block + kvrt_k::kv_v_offset(lay, layer, h), qtmp_v_.data(), hd,
-                             bt, bt, hd);
     }
   }
 }
@@ -330,9 +355,9 @@ void Session::quant_load_stage(uint32_t logical_block) {
       kvrt_k::kvq_dequantize_v(lay.v_format, block + kvrt_k::kv_v_offset(lay, l, h), bt, bt, hd,
                                qtmp_v_.data(), hd);
       kvrt_k::kv_store(kvrt_k::KV_F16, stage_.data() + kvrt_k::kv_k_offset(stage_layout_, l, h),
-                       qtmp_k_.data(), qtmp_k_.size());
+                       qtmp_k_.data(), static_cast<size_t>(bt) * hd);
       kvrt_k::kv_store(kvrt_k::KV_F16, stage_.data() + kvrt_k::kv_v_offset(stage_layout_, l, h),
-                       qtmp_v_.data(), qtmp_v_.size());
+                       qtmp_v_.data(), static_cast<size_t>(bt) * hd);
     }
 }
 

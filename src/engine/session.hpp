@@ -72,7 +72,10 @@ class Session {
   bool quant_ = false;
   kvrt_k::KvLayout stage_layout_{};
   std::vector<uint8_t> stage_, stage_saved_;
+  // Per worker thread: one block's K and V rows as f32 (block_tokens *
+  // head_dim each) and one row of each as f16.
   std::vector<float> qtmp_k_, qtmp_v_;
+  std::vector<uint16_t> qtmp_h_;
 
  public:
   // The f16 tail staging of a quantized session (empty otherwise): the
