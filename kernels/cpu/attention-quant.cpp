@@ -264,6 +264,24 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
   }
 }
 
+// walk_heads for ngh heads run as ngp > ngh: the extra rows zero queries,
+// their results dropped. Out of line, so that its 32 KiB of buffers are on
+// the stack only while a padded pass runs.
+__attribute__((noinline)) void walk_padded(const QAttnArgs& qa, const QAttnOps& op,
+                                           uint32_t kv_head, const float* q0, uint32_t ngh,
+                                           uint32_t ngp, uint32_t t0, uint32_t t1, float* m,
+                                           float* l, float* acc) {
+  const uint32_t hd = qa.base.layout->head_dim;
+  alignas(64) float qp[kGroupChunk * kQAttnMaxHeadDim], ap[kGroupChunk * kQAttnMaxHeadDim];
+  float mp[kGroupChunk], lp[kGroupChunk];
+  memcpy(qp, q0, (size_t)ngh * hd * sizeof(float));
+  memset(qp + (size_t)ngh * hd, 0, (size_t)(ngp - ngh) * hd * sizeof(float));
+  walk_heads(qa, op, kv_head, qp, ngp, t0, t1, mp, lp, ap);
+  memcpy(m, mp, ngh * sizeof(float));
+  memcpy(l, lp, ngh * sizeof(float));
+  memcpy(acc, ap, (size_t)ngh * hd * sizeof(float));
+}
+
 // Online softmax of query heads [g0, g0 + ngh) of query qi over [t0, t1),
 // as walk_heads; a head count the rounded step takes only when padded
 // (pass_heads) runs padded.
@@ -273,18 +291,10 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
   const uint32_t hd = a.layout->head_dim, group = a.n_head / a.layout->n_head_kv;
   const float* q0 = a.q + (size_t)qi * a.q_stride + (size_t)(kv_head * group + g0) * hd;
   const uint32_t ngp = pass_heads(op, hd, ngh);
-  if (ngp == ngh) {
+  if (ngp == ngh)
     walk_heads(qa, op, kv_head, q0, ngh, t0, t1, m, l, acc);
-    return;
-  }
-  alignas(64) float qp[kGroupChunk * kQAttnMaxHeadDim], ap[kGroupChunk * kQAttnMaxHeadDim];
-  float mp[kGroupChunk], lp[kGroupChunk];
-  memcpy(qp, q0, (size_t)ngh * hd * sizeof(float));
-  memset(qp + (size_t)ngh * hd, 0, (size_t)(ngp - ngh) * hd * sizeof(float));
-  walk_heads(qa, op, kv_head, qp, ngp, t0, t1, mp, lp, ap);
-  memcpy(m, mp, ngh * sizeof(float));
-  memcpy(l, lp, ngh * sizeof(float));
-  memcpy(acc, ap, (size_t)ngh * hd * sizeof(float));
+  else
+    walk_padded(qa, op, kv_head, q0, ngh, ngp, t0, t1, m, l, acc);
 }
 
 }  // namespace
