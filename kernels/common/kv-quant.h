@@ -188,7 +188,12 @@ KVRT_HD void kvq_q4_refine(KvqQ4Fit* f, float range, float s, float m) {
     // A step below range/64 or above the range is never better, and the
     // bounds keep (v - m) / s small enough for the integer code conversion.
     if (!(s2 >= range / 64.0f) || !(s2 <= range)) return;
-    m = f->lo + (sx - s2 * sc) / sw;
+    const float m2 = f->lo + (sx - s2 * sc) / sw;
+    // A fixed point after the first round: (s, m) came from the round
+    // before and were tried there, and the next round would assign the same
+    // codes and arrive here again, so stopping changes nothing.
+    if (round > 0 && s2 == s && m2 == m) return;
+    m = m2;
     s = s2;
     kvq_q4_try(f, s, m);
   }
