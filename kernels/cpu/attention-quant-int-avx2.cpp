@@ -153,9 +153,9 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
 }
 
 // Scores of 8 rows for K heads over hp = qpad(head_dim) channels: s[k] lane
-// t = bias + sum over groups of d * (integer dot product of the group). q4: vpmaddubsw (codes 0..15 x int8
-// query: pair sums <= 3810) summed in int16 over the group's 8 code vectors
-// (<= 30480) and widened once. q8: the codes of each dword widened to int16
+// t = bias + sum over groups of d * (integer dot product of the group). q4:
+// vpmaddubsw (codes 0..15 x int8 query: pair sums <= 3810) summed in int16
+// over the group's 8 code vectors (<= 30480) and widened once. q8: the codes of each dword widened to int16
 // (bytes 0, 2 and bytes 1, 3) and vpmaddwd against the int16 query.
 template <uint32_t KF, int K>
 inline void scores(const __m256i* kc, uint32_t hp, const uint8_t* qb, const float* d,
