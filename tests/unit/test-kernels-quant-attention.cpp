@@ -258,6 +258,25 @@ void test_kernel_levels(void**) {
       }
 }
 
+// Which passes take the rounded-query step: every head_dim that is a
+// multiple of 16 up to 512 and every head count up to 8 (3, 5, 6, 7
+// padded) at the SIMD levels, nothing at the scalar one. test_kernel_levels
+// picks its reference from qattn_rounds_query, so without this a shape
+// quietly falling back to the float step would still pass there.
+void test_rounded_shapes(void**) {
+  for (CpuIsa isa : kt::isa_levels()) {
+    cpu_isa_set(isa);
+    const bool simd = isa != CpuIsa::scalar;
+    for (uint32_t hd = 8; hd <= 528; hd += 8)
+      for (uint32_t ng = 1; ng <= kQAttnGroupChunk; ++ng) {
+        const bool want = simd && hd % 16 == 0 && hd <= kQAttnMaxHeadDim;
+        if (qattn_rounds_query(hd, ng) != want)
+          fail_msg("%s hd %u ng %u: rounded %d, want %d", cpu_isa_name(isa), hd, ng, !want, want);
+      }
+  }
+  cpu_isa_set(cpu_isa_detect());
+}
+
 void test_backend_threads(void**) {
   // Long contexts split by position range across threads; the tail block is
   // partial (not a multiple of 16).
@@ -291,6 +310,7 @@ void test_backend_threads(void**) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_kernel_levels),
+      cmocka_unit_test(test_rounded_shapes),
       cmocka_unit_test(test_backend_threads),
   };
   return cmocka_run_group_tests(tests, nullptr, nullptr);
