@@ -226,9 +226,10 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
 }
 
 // Scores of 16 tokens for K heads over hp = qpad(head_dim) channels: s[k]
-// lane t = bias + sum over groups of d * integer dot product. q8: 128 * (hi part) + (lo part), where the hi
-// products are (hi + 128) * code, so 128 * (the group's code sum per token,
-// one more vpdpbusd per code vector, shared by the heads) is subtracted.
+// lane t = bias + sum over groups of d * integer dot product. q8: 128 *
+// (hi part) + (lo part), where the hi products are (hi + 128) * code, so 128
+// * (the group's code sum per token, one more vpdpbusd per code vector,
+// shared by the heads) is subtracted.
 template <uint32_t KF, int K>
 KVRT_VNNI inline void scores_vnni(const __m512i* kc, uint32_t hp, const uint8_t* qb, const float* d,
                         const float* bias, __m512* s) {
