@@ -238,6 +238,34 @@ KVRT_HD uint32_t kvq_get4(const uint8_t* row, uint32_t c) {
   return (c & 1) ? (uint32_t)(row[c / 2] >> 4) : (uint32_t)(row[c / 2] & 0x0fu);
 }
 
+// Writes the q4 codes of the first n_tokens rows of src into one head's K
+// part whose f16 scales and minimums (one pair per channel) are already set.
+// Split from the fit so that a vectorized fit (kernels/cpu) shares it.
+KVRT_HD void kvq_encode_k_q4(uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
+                             uint32_t block_tokens, uint32_t head_dim) {
+  const size_t rb = kvq_row_bytes(kKvqQ4, head_dim);
+  const uint16_t* sc = (const uint16_t*)(dst + kvq_scale_offset(kKvqQ4, block_tokens, head_dim));
+  for (uint32_t c = 0; c < head_dim; ++c) {
+    const float mn = f16_to_f32(sc[head_dim + c]), inv = kvq_inv(f16_to_f32(sc[c]));
+    for (uint32_t t = 0; t < n_tokens; ++t)
+      kvq_put4(dst + t * rb, c, kvq_q4_code(src[t * src_stride + c], mn, inv));
+  }
+}
+// Same for one head's V part (one pair per token and group).
+KVRT_HD void kvq_encode_v_q4(uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
+                             uint32_t block_tokens, uint32_t head_dim) {
+  const size_t rb = kvq_row_bytes(kKvqQ4, head_dim);
+  const uint32_t gs = kvq_group(head_dim), ng = kvq_n_groups(head_dim);
+  const uint16_t* sc = (const uint16_t*)(dst + kvq_scale_offset(kKvqQ4, block_tokens, head_dim));
+  const uint16_t* mins = sc + (size_t)block_tokens * ng;
+  for (uint32_t t = 0; t < n_tokens; ++t)
+    for (uint32_t c = 0; c < head_dim; ++c) {
+      const uint32_t g = c / gs;
+      const float mn = f16_to_f32(mins[t * ng + g]), inv = kvq_inv(f16_to_f32(sc[t * ng + g]));
+      kvq_put4(dst + t * rb, c, kvq_q4_code(src[t * src_stride + c], mn, inv));
+    }
+}
+
 // Quantizes the first n_tokens rows of src (row t at src + t * src_stride
 // floats, head_dim channels) into one head's K part `dst` (format 3 = q8 or
 // 4 = q4). Per-channel statistics use those rows only; rows n_tokens..T-1
@@ -246,8 +274,14 @@ KVRT_HD void kvq_quantize_k(uint32_t format, uint8_t* dst, const float* src, siz
                             uint32_t n_tokens, uint32_t block_tokens, uint32_t head_dim) {
   const size_t bytes = kvq_k_head_bytes(format, block_tokens, head_dim);
   for (size_t i = 0; i < bytes; ++i) dst[i] = 0;
-  const size_t rb = kvq_row_bytes(format, head_dim);
   uint16_t* sc = (uint16_t*)(dst + kvq_scale_offset(format, block_tokens, head_dim));
+  if (format == kKvqQ4) {
+    for (uint32_t c = 0; c < head_dim; ++c)
+      kvq_q4_fit(src + c, src_stride, n_tokens, kKvqKeyEdgeWeight, kKvqKeyShrinkStarts, &sc[c], &sc[head_dim + c]);
+    kvq_encode_k_q4(dst, src, src_stride, n_tokens, block_tokens, head_dim);
+    return;
+  }
+  const size_t rb = kvq_row_bytes(format, head_dim);
   for (uint32_t c = 0; c < head_dim; ++c) {
     float lo = 0.0f, hi = 0.0f;
     for (uint32_t t = 0; t < n_tokens; ++t) {
@@ -255,18 +289,9 @@ KVRT_HD void kvq_quantize_k(uint32_t format, uint8_t* dst, const float* src, siz
       if (t == 0 || x < lo) lo = x;
       if (t == 0 || x > hi) hi = x;
     }
-    if (format == kKvqQ8) {
-      float amax = hi > -lo ? hi : -lo;
-      sc[c] = kvq_q8_scale(amax);
-      float inv = kvq_inv(f16_to_f32(sc[c]));
-      for (uint32_t t = 0; t < n_tokens; ++t)
-        ((int8_t*)dst)[t * rb + c] = kvq_q8_code(src[t * src_stride + c], inv);
-    } else {
-      kvq_q4_fit(src + c, src_stride, n_tokens, kKvqKeyEdgeWeight, kKvqKeyShrinkStarts, &sc[c], &sc[head_dim + c]);
-      float mn = f16_to_f32(sc[head_dim + c]), inv = kvq_inv(f16_to_f32(sc[c]));
-      for (uint32_t t = 0; t < n_tokens; ++t)
-        kvq_put4(dst + t * rb, c, kvq_q4_code(src[t * src_stride + c], mn, inv));
-    }
+    sc[c] = kvq_q8_scale(hi > -lo ? hi : -lo);
+    float inv = kvq_inv(f16_to_f32(sc[c]));
+    for (uint32_t t = 0; t < n_tokens; ++t) ((int8_t*)dst)[t * rb + c] = kvq_q8_code(src[t * src_stride + c], inv);
   }
 }
 
@@ -275,10 +300,20 @@ KVRT_HD void kvq_quantize_v(uint32_t format, uint8_t* dst, const float* src, siz
                             uint32_t n_tokens, uint32_t block_tokens, uint32_t head_dim) {
   const size_t bytes = kvq_v_head_bytes(format, block_tokens, head_dim);
   for (size_t i = 0; i < bytes; ++i) dst[i] = 0;
-  const size_t rb = kvq_row_bytes(format, head_dim);
   const uint32_t gs = kvq_group(head_dim), ng = kvq_n_groups(head_dim);
   uint16_t* sc = (uint16_t*)(dst + kvq_scale_offset(format, block_tokens, head_dim));
-  uint16_t* mins = sc + (size_t)block_tokens * ng;
+  if (format == kKvqQ4) {
+    uint16_t* mins = sc + (size_t)block_tokens * ng;
+    for (uint32_t t = 0; t < n_tokens; ++t)
+      for (uint32_t g = 0; g < ng; ++g) {
+        const uint32_t c0 = g * gs, c1 = c0 + gs < head_dim ? c0 + gs : head_dim;
+        kvq_q4_fit(src + t * src_stride + c0, 1, c1 - c0, kKvqValueEdgeWeight, kKvqValueShrinkStarts,
+                   &sc[t * ng + g], &mins[t * ng + g]);
+      }
+    kvq_encode_v_q4(dst, src, src_stride, n_tokens, block_tokens, head_dim);
+    return;
+  }
+  const size_t rb = kvq_row_bytes(format, head_dim);
   for (uint32_t t = 0; t < n_tokens; ++t) {
     const float* x = src + t * src_stride;
     for (uint32_t g = 0; g < ng; ++g) {
@@ -289,17 +324,10 @@ KVRT_HD void kvq_quantize_v(uint32_t format, uint8_t* dst, const float* src, siz
         lo = v < lo ? v : lo;
         hi = v > hi ? v : hi;
       }
-      if (format == kKvqQ8) {
-        uint16_t s = kvq_q8_scale(hi > -lo ? hi : -lo);
-        sc[t * ng + g] = s;
-        float inv = kvq_inv(f16_to_f32(s));
-        for (uint32_t c = c0; c < c1; ++c) ((int8_t*)dst)[t * rb + c] = kvq_q8_code(x[c], inv);
-      } else {
-        kvq_q4_fit(x + c0, 1, c1 - c0, kKvqValueEdgeWeight, kKvqValueShrinkStarts, &sc[t * ng + g],
-                   &mins[t * ng + g]);
-        float mn = f16_to_f32(mins[t * ng + g]), inv = kvq_inv(f16_to_f32(sc[t * ng + g]));
-        for (uint32_t c = c0; c < c1; ++c) kvq_put4(dst + t * rb, c, kvq_q4_code(x[c], mn, inv));
-      }
+      uint16_t s = kvq_q8_scale(hi > -lo ? hi : -lo);
+      sc[t * ng + g] = s;
+      float inv = kvq_inv(f16_to_f32(s));
+      for (uint32_t c = c0; c < c1; ++c) ((int8_t*)dst)[t * rb + c] = kvq_q8_code(x[c], inv);
     }
   }
 }

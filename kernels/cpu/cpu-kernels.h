@@ -48,6 +48,14 @@ void swiglu(float* gate, const float* up, size_t n);
 // Converts n floats into a KV storage format (KV_F32 or KV_F16) at dst.
 void kv_store(uint32_t format, void* dst, const float* src, size_t n);
 
+// Quantizes the first n_tokens rows of src into one head's K (or V) part of
+// a block: kvq_quantize_k / kvq_quantize_v (kernels/common/kv-quant.h), with
+// the q4 parameter fit run on 16 sets at once at the AVX2 and AVX-512
+// levels. The bytes are the same on every level.
+void kv_quantize_k(uint32_t format, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
+                   uint32_t block_tokens, uint32_t head_dim);
+void kv_quantize_v(uint32_t format, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
+                   uint32_t block_tokens, uint32_t head_dim);
 // Attention of a batch of queries over a session's paged cache.
 struct AttnArgs {
   const KvLayout* layout;

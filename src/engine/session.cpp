@@ -327,8 +327,8 @@ void Session::quant_store(uint32_t layer, const float* k, const float* v, uint32
         }
       }
       uint8_t* block = kv_->block_ptr(b);
-      kvrt_k::kvq_quantize_k(lay.k_format, block + kvrt_k::kv_k_offset(lay, layer, h), kx, hd, bt, bt, hd);
-      kvrt_k::kvq_quantize_v(lay.v_format, block + kvrt_k::kv_v_offset(lay, layer, h), vx, hd, bt, bt, hd);
+      kvrt_k::kv_quantize_k(lay.k_format, block + kvrt_k::kv_k_offset(lay, layer, h), kx, hd, bt, bt, hd);
+      kvrt_k::kv_quantize_v(lay.v_format, block + kvrt_k::kv_v_offset(lay, layer, h), vx, hd, bt, bt, hd);
     });
   }
   // The stage keeps, per offset, the latest row written there: the last

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "kernels/common/kv-layout.h"
+#include "kernels/cpu/cpu-kernels-impl.h"
 #include "test-kernels-util.h"
 
 using namespace kvrt_k;
@@ -242,6 +243,87 @@ void test_partial_block(void**) {
         }
 }
 
+// Fills bt rows of hd channels with one of several kinds of data, each aimed
+// at a part of the q4 fit where a vectorized copy could round differently:
+// f16 subnormal parameters, the clamp at the f16 range, NaN and infinities,
+// exact rounding ties, constant and two-valued sets (den = 0), -0.
+void fill_kind(std::vector<float>& x, uint32_t bt, uint32_t hd, int kind, kt::Rng& rng) {
+  for (uint32_t t = 0; t < bt; ++t)
+    for (uint32_t c = 0; c < hd; ++c) {
+      float& v = x[(size_t)t * hd + c];
+      switch (kind) {
+        case 0: v = (float)(c % 5) - 2.0f + rng.uni(-1.0f, 1.0f) * (float)(1 + c % 3); break;
+        case 1: v = rng.uni(-1e-4f, 1e-4f) * (c % 2 ? 1e-2f : 1.0f); break;  // subnormal scales
+        case 2: v = rng.uni(-1.0f, 1.0f) * (rng.below(4) ? 70000.0f : 60000.0f); break;
+        case 3: v = (float)((int)rng.below(9) - 4) * 0.25f; break;  // ties and few distinct values
+        case 4: v = rng.below(3) ? 1.5f : (rng.below(2) ? -0.0f : 0.0f); break;
+        default: {
+          const uint32_t r = rng.below(40);
+          v = r == 0 ? NAN : r == 1 ? INFINITY : r == 2 ? -INFINITY : r == 3 ? 1e30f : rng.uni(-3.0f, 3.0f);
+        }
+      }
+    }
+}
+
+// The vectorized q4 fit (kv-quant-lanes.h) stores the scalar encoder's bytes,
+// keys and values, at each SIMD level: called directly, and through the
+// dispatcher the engine uses at every level.
+void test_levels_match_reference(void**) {
+  typedef void (*Q4Fn)(bool, uint8_t*, const float*, size_t, uint32_t, uint32_t, uint32_t);
+  const kvrt_k::CpuIsa best = cpu_isa_detect();
+  std::vector<std::pair<const char*, Q4Fn>> fns;
+  if (best >= kvrt_k::CpuIsa::avx2) fns.push_back({"avx2", avx2::kv_quantize_q4});
+  if (best >= kvrt_k::CpuIsa::avx512) fns.push_back({"avx512", avx512::kv_quantize_q4});
+  if (fns.empty()) {
+    printf("no SIMD level on this CPU: the vectorized q4 fit is not run here\n");
+    skip();
+  }
+  kt::Rng rng(19);
+  char ctx[160];
+  size_t sets = 0;
+  for (uint32_t hd : {1u, 7u, 8u, 16u, 33u, 64u, 80u, 96u, 128u, 256u})
+    for (uint32_t bt : {1u, 7u, 16u, 32u, 64u})
+      for (int kind = 0; kind < 6; ++kind)
+        for (uint32_t n : {bt, bt / 2 + 1, 1u}) {
+          std::vector<float> x((size_t)bt * hd);
+          fill_kind(x, bt, hd, kind, rng);
+          for (int is_k = 0; is_k < 2; ++is_k) {
+            const size_t bytes = is_k ? kvq_k_head_bytes(KV_Q4, bt, hd) : kvq_v_head_bytes(KV_Q4, bt, hd);
+            std::vector<uint8_t> want(bytes + 16, 0xAB), got(bytes + 16, 0xCD);
+            if (is_k)
+              kvq_quantize_k(KV_Q4, want.data(), x.data(), hd, n, bt, hd);
+            else
+              kvq_quantize_v(KV_Q4, want.data(), x.data(), hd, n, bt, hd);
+            sets += is_k ? hd : (size_t)n * kvq_n_groups(hd);
+            for (const auto& [name, fn] : fns) {
+              snprintf(ctx, sizeof ctx, "%s %s hd %u bt %u n %u kind %d", name, is_k ? "K" : "V", hd, bt, n, kind);
+              for (int via = 0; via < 2; ++via) {
+                std::fill(got.begin(), got.end(), 0xCD);
+                if (via == 0) {
+                  fn(is_k, got.data(), x.data(), hd, n, bt, hd);
+                } else {
+                  cpu_isa_set(strcmp(name, "avx2") == 0 ? kvrt_k::CpuIsa::avx2 : kvrt_k::CpuIsa::avx512);
+                  if (is_k)
+                    kv_quantize_k(KV_Q4, got.data(), x.data(), hd, n, bt, hd);
+                  else
+                    kv_quantize_v(KV_Q4, got.data(), x.data(), hd, n, bt, hd);
+                  cpu_isa_set(best);
+                }
+                for (size_t i = bytes; i < got.size(); ++i) assert_int_equal(got[i], 0xCD);
+                if (memcmp(got.data(), want.data(), bytes) != 0) {
+                  size_t i = 0;
+                  while (got[i] == want[i]) ++i;
+                  fprintf(stderr, "%s%s: byte %zu of %zu is %u, the scalar encoder's %u\n", ctx,
+                          via ? " (dispatched)" : "", i, bytes, got[i], want[i]);
+                  fail();
+                }
+              }
+            }
+          }
+        }
+  printf("vectorized q4 fit: %zu sets per level, bytes equal to the scalar encoder's\n", sets);
+}
+
 void test_layout_sizes(void**) {
   // Bytes per token of a head pair, block of 16: q8 K 8 + 2/16 per channel,
   // V 1 byte + 2 per 32; the layout adds the head parts up.
@@ -263,7 +345,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_layout_example),  cmocka_unit_test(test_random_round_trip),
       cmocka_unit_test(test_adversarial),     cmocka_unit_test(test_partial_block),
-      cmocka_unit_test(test_layout_sizes),
+      cmocka_unit_test(test_layout_sizes),    cmocka_unit_test(test_levels_match_reference),
   };
   return cmocka_run_group_tests(tests, nullptr, nullptr);
 }

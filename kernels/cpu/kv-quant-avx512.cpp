@@ -1,0 +1,3 @@
+// The vectorized q4 parameter fit (kv-quant-lanes.h) in 512-bit vectors.
+#define KVQ_LEVEL avx512
+#include "kv-quant-lanes.h"
