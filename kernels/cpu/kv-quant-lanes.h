@@ -1,21 +1,21 @@
-// The q4 parameter fit (kvq_q4_fit, kernels/common/kv-quant.h) of 16 sets at
-// once, one set per vector lane, for the SIMD levels. Each lane runs the
-// scalar fit's floating-point operations in the same order, on the same
-// values, and rounds to f16 to the same results, so the stored
-// bytes are those of the scalar encoder on every level (snapshots move
-// between machines). Lanes that the scalar fit would have left (a constant
-// set, a refinement that stopped) keep computing but no longer commit.
+// The q4 parameter fit (kvq_q4_fit, kernels/common/kv-quant.h) of several
+// sets at once, one set per vector lane, for the SIMD levels. Each lane runs
+// the scalar fit's floating-point operations in the same order, on the same
+// values, and rounds to f16 to the same results, so the stored bytes are
+// those of the scalar encoder on every level (snapshots move between
+// machines). Lanes that the scalar fit would have left (a constant set, a
+// refinement that stopped) keep computing but no longer commit.
 //
-// Written with the compiler's generic vectors, not intrinsics: the same text
-// compiles to 512-bit code in kv-quant-avx512.cpp and to pairs of 256-bit
-// instructions in kv-quant-avx2.cpp, each of which defines KVQ_LEVEL (the
-// namespace of its kv_quantize_q4) and includes this file once. Those files
-// are built with -ffp-contract=off: a multiply fused into an add would round
-// differently from the scalar fit.
+// Written with the compiler's generic vectors, not intrinsics, so that one
+// text serves both levels: kv-quant-avx512.cpp includes it with 16 lanes
+// and kv-quant-avx2.cpp with 8 (KVQ_LANES: 16 lanes as pairs of 256-bit
+// registers spill, and that AVX2 fit took 1.5 times the scalar one's time).
+// Each defines KVQ_LEVEL, the namespace of its kv_quantize_q4. Those
+// files are built with -ffp-contract=off: a multiply fused into an add
+// would round differently from the scalar fit.
 //
-// Where the time goes without it: the fit is the largest part of a q4
-// prefill on models with many KV heads (docs/quantization.md, "The tail block
-// and its staging").
+// The fit was the largest part of a q4 prefill on models with many KV heads
+// (docs/quantization.md, "Quantization rules").
 #pragma once
 
 #include <stddef.h>
@@ -28,9 +28,9 @@
 namespace kvrt_k {
 namespace {
 
-constexpr uint32_t kLanes = 16;
-typedef float VF __attribute__((vector_size(64)));
-typedef int32_t VI __attribute__((vector_size(64)));
+constexpr uint32_t kLanes = KVQ_LANES;
+typedef float VF __attribute__((vector_size(4 * KVQ_LANES)));
+typedef int32_t VI __attribute__((vector_size(4 * KVQ_LANES)));
 
 #define KVQ_INLINE inline __attribute__((always_inline))
 
@@ -103,7 +103,7 @@ KVQ_INLINE VF q4_code(VF v, VF mn, VF inv) {
   return __builtin_convertvector(c, VF);
 }
 
-// 16 sets of n elements: element i of lane j is x[i * stride + j], j < nl
+// kLanes sets of n elements: element i of lane j is x[i * stride + j], j < nl
 // (lanes past nl read 0).
 struct Sets {
   const float* x;
@@ -197,7 +197,7 @@ struct Fit {
   }
 };
 
-// kvq_q4_fit of 16 sets; writes lane j's parameters to scale_h[j * out_stride]
+// kvq_q4_fit of kLanes sets; writes lane j's parameters to scale_h[j * out_stride]
 // and min_h[j * out_stride] for j < n_out.
 template <bool kWeighted>
 void fit_q4(const Sets& set, float edge_weight, uint32_t n_shrink, uint32_t n_out, uint16_t* scale_h,
@@ -237,7 +237,7 @@ void fit_q4(const Sets& set, float edge_weight, uint32_t n_shrink, uint32_t n_ou
   }
 }
 
-// kvq_quantize_k / kvq_quantize_v for q4, 16 channels (K) or 16 tokens (V)
+// kvq_quantize_k / kvq_quantize_v for q4, kLanes channels (K) or tokens (V)
 // per fit.
 void quantize_k_q4(uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
                    uint32_t block_tokens, uint32_t head_dim) {
@@ -258,7 +258,7 @@ void quantize_v_q4(uint8_t* dst, const float* src, size_t src_stride, uint32_t n
   const uint32_t gs = kvq_group(head_dim), ng = kvq_n_groups(head_dim);
   uint16_t* sc = (uint16_t*)(dst + kvq_scale_offset(kKvqQ4, block_tokens, head_dim));
   uint16_t* mins = sc + (size_t)block_tokens * ng;
-  float xt[kKvGroup * kLanes];  // one group of 16 tokens, channel-major
+  float xt[kKvGroup * kLanes];  // one group of kLanes tokens, channel-major
   for (uint32_t t0 = 0; t0 < n_tokens; t0 += kLanes) {
     const uint32_t nl = n_tokens - t0 < kLanes ? n_tokens - t0 : kLanes;
     for (uint32_t g = 0; g < ng; ++g) {
