@@ -54,14 +54,14 @@ KVQ_INLINE VF sanitize(VF x) {
   return sel(x == x, y, splat(0.0f));
 }
 
-// f16_to_f32 (kernels/common/fp16.h) per lane; h holds the half's 16 bits.
-// A subnormal half is man * 2^-24, which a float holds exactly.
+// f16_to_f32 (kernels/common/fp16.h) per lane for finite halves (the fit's
+// parameters are; see f16_trunc); h holds the half's 16 bits. A subnormal
+// half is man * 2^-24, which a float holds exactly.
 KVQ_INLINE VF f16_f32(VI h) {
   const VI sign = (h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-  VI bits = sign | ((exp + 112) << 23) | (man << 13);
-  bits = sel(exp == 0x1f, sign | 0x7f800000 | (man << 13), bits);
+  const VI normal = sign | ((exp + 112) << 23) | (man << 13);
   const VI sub = sign | (VI)(__builtin_convertvector(man, VF) * 5.9604644775390625e-8f);
-  return (VF)sel(exp == 0, sub, bits);
+  return (VF)sel(exp == 0, sub, normal);
 }
 
 // The f16 of x rounded toward zero, for |x| <= 65504: the scale and minimum
