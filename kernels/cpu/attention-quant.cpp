@@ -297,29 +297,38 @@ void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi
     walk_padded(qa, op, kv_head, q0, ngh, ngp, t0, t1, m, l, acc);
 }
 
+// Floats of the query rows, padding included, that a pass of several
+// queries copies out, and of their accumulators: the buffers live on the
+// stack of the thread that calls into the library, so they stay at 4 KiB
+// each (8 rows of head_dim 128).
+constexpr uint32_t kPassFloats = 1024;
+
 // Queries a rounded pass takes together in a prefill batch: with g query
-// heads per KV head, 8 / g of them (8, 4, 2 or 2 for g = 1, 2, 3, 4), as one
-// pass of (query, head) rows, so that each block's key codes are loaded and
-// transposed, and its value scales converted, once for all of them. 1 where
-// that would not be a rounded pass.
+// heads per KV head, up to 8 / g of them (8, 4, 2 and 2 for g = 1, 2, 3, 4
+// up to head_dim 128; fewer above), as one pass of (query, head) rows, so
+// that each block's key codes are loaded and transposed, and its value
+// scales converted, once for all of them. 1 where that would not be a
+// rounded pass.
 uint32_t queries_per_pass(const QAttnOps& op, uint32_t hd, uint32_t group) {
-  const uint32_t n = group <= kGroupChunk ? kGroupChunk / group : 1;
-  if (n < 2 || !op.block_q || !qattn_block_q_takes(hd, pass_heads(op, hd, group))) return 1;
-  return qattn_block_q_takes(hd, pass_heads(op, hd, n * group)) ? n : 1;
+  if (!op.block_q || group > kGroupChunk / 2) return 1;
+  for (uint32_t n = kGroupChunk / group; n >= 2; --n) {
+    const uint32_t rows = pass_heads(op, hd, n * group);
+    if (qattn_block_q_takes(hd, rows) && rows * hd <= kPassFloats) return n;
+  }
+  return 1;
 }
 
 // Outputs of queries [qi0, qi0 + nq) (nq <= queries_per_pass) of KV head
 // kv_head: one pass of their rows over the positions all of them see, then
-// each query j > 0 walks its own last j positions alone, merged in (online
-// softmax). Out of line, for its 48 KiB of buffers.
-__attribute__((noinline)) void walk_queries(const QAttnArgs& qa, const QAttnOps& op,
-                                            uint32_t kv_head, uint32_t qi0, uint32_t nq) {
+// each query j > 0 walks its own last j positions alone, and the two parts
+// merge (online softmax).
+void walk_queries(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi0, uint32_t nq) {
   const AttnArgs& a = qa.base;
   const uint32_t hd = a.layout->head_dim, group = a.n_head / a.layout->n_head_kv;
   const uint32_t rows = nq * group, ngp = pass_heads(op, hd, rows);
   const size_t head_off = (size_t)kv_head * group * hd, row_floats = (size_t)group * hd;
-  alignas(64) float qp[kGroupChunk * kQAttnMaxHeadDim], ap[kGroupChunk * kQAttnMaxHeadDim];
-  float two[2 * kQAttnMaxHeadDim], mp[kGroupChunk], lp[kGroupChunk], mt[kGroupChunk], lt[kGroupChunk];
+  alignas(64) float qp[kPassFloats], ap[kPassFloats];
+  float mp[kGroupChunk], lp[kGroupChunk], mt[kGroupChunk], lt[kGroupChunk];
   for (uint32_t j = 0; j < nq; ++j)
     memcpy(qp + j * row_floats, a.q + (size_t)(qi0 + j) * a.q_stride + head_off, row_floats * sizeof(float));
   memset(qp + (size_t)rows * hd, 0, (size_t)(ngp - rows) * hd * sizeof(float));
@@ -327,13 +336,16 @@ __attribute__((noinline)) void walk_queries(const QAttnArgs& qa, const QAttnOps&
   walk_heads(qa, op, kv_head, qp, ngp, 0, t_all, mp, lp, ap);
   for (uint32_t j = 0; j < nq; ++j) {
     float* out = a.out + (size_t)(qi0 + j) * a.q_stride + head_off;
-    // The tail's accumulators go to out, then each head merges from `two`.
+    // The tail's accumulators go to out, then merge with the pass's there.
     if (j > 0) walk(qa, op, kv_head, qi0 + j, 0, group, t_all, t_all + j, mt, lt, out);
     for (uint32_t g = 0; g < group; ++g) {
-      const AttnPartial parts[2] = {{mp[j * group + g], lp[j * group + g]}, {j > 0 ? mt[g] : 0.0f, j > 0 ? lt[g] : 0.0f}};
-      memcpy(two, ap + (j * group + g) * (size_t)hd, hd * sizeof(float));
-      if (j > 0) memcpy(two + hd, out + (size_t)g * hd, hd * sizeof(float));
-      attention_merge(parts, two, j > 0 ? 2 : 1, hd, out + (size_t)g * hd);
+      const uint32_t r = j * group + g;
+      const float m2 = j > 0 ? mt[g] : -INFINITY, mx = mp[r] > m2 ? mp[r] : m2;
+      const float c1 = lp[r] > 0.0f ? expf(mp[r] - mx) : 0.0f, c2 = j > 0 && lt[g] > 0.0f ? expf(m2 - mx) : 0.0f;
+      const float l = lp[r] * c1 + (j > 0 ? lt[g] * c2 : 0.0f), inv = l > 0.0f ? 1.0f / l : 0.0f;
+      const float* a1 = ap + (size_t)r * hd;
+      float* o = out + (size_t)g * hd;
+      for (uint32_t c = 0; c < hd; ++c) o[c] = (a1[c] * c1 + (j > 0 ? o[c] * c2 : 0.0f)) * inv;
     }
   }
 }
