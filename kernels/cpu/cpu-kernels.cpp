@@ -150,24 +150,30 @@ void kv_store(uint32_t format, void* dst, const float* src, size_t n) {
     scalar::kv_store(format, dst, src, n);
 }
 
+namespace {
+
+void kv_quantize(bool keys, uint32_t format, uint8_t* dst, const float* src, size_t src_stride,
+                 uint32_t n_tokens, uint32_t block_tokens, uint32_t head_dim) {
+  if (format == KV_Q4 && cpu_isa() >= CpuIsa::avx512)
+    avx512::kv_quantize_q4(keys, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  else if (format == KV_Q4 && use_avx2())
+    avx2::kv_quantize_q4(keys, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  else if (keys)
+    kvq_quantize_k(format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  else
+    kvq_quantize_v(format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+}
+
+}  // namespace
+
 void kv_quantize_k(uint32_t format, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
                    uint32_t block_tokens, uint32_t head_dim) {
-  if (format == KV_Q4 && cpu_isa() >= CpuIsa::avx512)
-    avx512::kv_quantize_q4(true, dst, src, src_stride, n_tokens, block_tokens, head_dim);
-  else if (format == KV_Q4 && use_avx2())
-    avx2::kv_quantize_q4(true, dst, src, src_stride, n_tokens, block_tokens, head_dim);
-  else
-    kvq_quantize_k(format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  kv_quantize(true, format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
 }
 
 void kv_quantize_v(uint32_t format, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
                    uint32_t block_tokens, uint32_t head_dim) {
-  if (format == KV_Q4 && cpu_isa() >= CpuIsa::avx512)
-    avx512::kv_quantize_q4(false, dst, src, src_stride, n_tokens, block_tokens, head_dim);
-  else if (format == KV_Q4 && use_avx2())
-    avx2::kv_quantize_q4(false, dst, src, src_stride, n_tokens, block_tokens, head_dim);
-  else
-    kvq_quantize_v(format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  kv_quantize(false, format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
 }
 
 namespace {
