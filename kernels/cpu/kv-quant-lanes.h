@@ -94,13 +94,17 @@ KVQ_INLINE VI f16_down(VF x) {
   return h - (f16_f32(h) > x);
 }
 
-// kvq_round then the clamp of kvq_q4_code, as a float.
+// kvq_round then the clamp of kvq_q4_code, as a float. The scalar code
+// rounds t < 0 to a code <= 0, which clamps to 0, and t >= 0 to (int)(t +
+// 0.5), which clamps to 15 from 15.5 on; so the sum is clamped to [0, 15.5]
+// before the conversion, which keeps every lane's conversion in range
+// (lanes that do not commit may hold infinities or NaN).
 KVQ_INLINE VF q4_code(VF v, VF mn, VF inv) {
   const VF t = (v - mn) * inv;
-  const VI up = __builtin_convertvector(t + 0.5f, VI), down = -__builtin_convertvector(-t + 0.5f, VI);
-  VI c = sel(t >= 0.0f, up, down);
-  c = sel(c > 15, splati(15), sel(c < 0, splati(0), c));
-  return __builtin_convertvector(c, VF);
+  VF u = t + 0.5f;
+  u = sel(u > 15.5f, splat(15.5f), u);
+  u = sel(t >= 0.0f, u, splat(0.0f));
+  return __builtin_convertvector(__builtin_convertvector(u, VI), VF);
 }
 
 // kLanes sets of n elements: element i of lane j is x[i * stride + j], j < nl
