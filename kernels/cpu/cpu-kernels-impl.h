@@ -48,9 +48,9 @@ void kv_store(uint32_t format, void* dst, const float* src, size_t n);
 // Returns false when it does not handle the shape (head_dim not a multiple
 // of 8); the caller then uses the scalar path.
 bool attn_rows(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows);
-// kv_quantize_k (keys) or kv_quantize_v for q4 (kv-quant-lanes.h).
-void kv_quantize_q4(bool keys, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
-                    uint32_t block_tokens, uint32_t head_dim);
+// kv_quantize_k (keys) or kv_quantize_v for q8 and q4 (kv-quant-lanes.h).
+void kv_quantize(uint32_t format, bool keys, uint8_t* dst, const float* src, size_t src_stride,
+                 uint32_t n_tokens, uint32_t block_tokens, uint32_t head_dim);
 }  // namespace avx2
 
 namespace avx512 {
@@ -58,8 +58,8 @@ namespace avx512 {
 bool attn_rows(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows);
 void matmul(uint32_t wtype, const void* w, size_t k, size_t r0, size_t r1, const float* x,
             size_t ldx, size_t n_rows_x, float* y, size_t ldy, float* scratch);
-void kv_quantize_q4(bool keys, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
-                    uint32_t block_tokens, uint32_t head_dim);
+void kv_quantize(uint32_t format, bool keys, uint8_t* dst, const float* src, size_t src_stride,
+                 uint32_t n_tokens, uint32_t block_tokens, uint32_t head_dim);
 }  // namespace avx512
 
 }  // namespace kvrt_k

@@ -154,10 +154,11 @@ namespace {
 
 void kv_quantize(bool keys, uint32_t format, uint8_t* dst, const float* src, size_t src_stride,
                  uint32_t n_tokens, uint32_t block_tokens, uint32_t head_dim) {
-  if (format == KV_Q4 && cpu_isa() >= CpuIsa::avx512)
-    avx512::kv_quantize_q4(keys, dst, src, src_stride, n_tokens, block_tokens, head_dim);
-  else if (format == KV_Q4 && use_avx2())
-    avx2::kv_quantize_q4(keys, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  const bool quant = format == KV_Q8 || format == KV_Q4;
+  if (quant && cpu_isa() >= CpuIsa::avx512)
+    avx512::kv_quantize(format, keys, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  else if (quant && use_avx2())
+    avx2::kv_quantize(format, keys, dst, src, src_stride, n_tokens, block_tokens, head_dim);
   else if (keys)
     kvq_quantize_k(format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
   else

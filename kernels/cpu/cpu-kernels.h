@@ -49,9 +49,9 @@ void swiglu(float* gate, const float* up, size_t n);
 void kv_store(uint32_t format, void* dst, const float* src, size_t n);
 
 // Quantizes the first n_tokens rows of src into one head's K (or V) part of
-// a block: kvq_quantize_k / kvq_quantize_v (kernels/common/kv-quant.h), with
-// the q4 parameter fit run on 8 (AVX2) or 16 (AVX-512) sets at once. The
-// bytes are the same on every level.
+// a block: kvq_quantize_k / kvq_quantize_v (kernels/common/kv-quant.h), run
+// on 8 (AVX2) or 16 (AVX-512) sets at once for q8 and q4 (with its
+// parameter fit). The bytes are the same on every level.
 void kv_quantize_k(uint32_t format, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
                    uint32_t block_tokens, uint32_t head_dim);
 void kv_quantize_v(uint32_t format, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,

@@ -1,6 +1,8 @@
-// The q4 parameter fit (kvq_q4_fit, kernels/common/kv-quant.h) of several
-// sets at once, one set per vector lane, for the SIMD levels. Each lane runs
-// the scalar fit's floating-point operations in the same order, on the same
+// The KV encoders of kernels/common/kv-quant.h for several sets at once, one
+// set per vector lane, for the SIMD levels: q8 (range, scale, codes) and q4
+// (its parameter fit, kvq_q4_fit; the codes stay scalar). A key set is one
+// channel of a block, a value set one token's group. Each lane runs the
+// scalar encoder's floating-point operations in the same order, on the same
 // values, and rounds to f16 to the same results, so the stored bytes are
 // those of the scalar encoder on every level (snapshots move between
 // machines). Lanes that the scalar fit would have left (a constant set, a
@@ -10,12 +12,13 @@
 // text serves both levels: kv-quant-avx512.cpp includes it with 16 lanes
 // and kv-quant-avx2.cpp with 8 (KVQ_LANES: 16 lanes as pairs of 256-bit
 // registers spill, and that AVX2 fit took 1.5 times the scalar one's time).
-// Each defines KVQ_LEVEL, the namespace of its kv_quantize_q4. Those
-// files are built with -ffp-contract=off: a multiply fused into an add
-// would round differently from the scalar fit.
+// Each defines KVQ_LEVEL, the namespace of its kv_quantize. Those files are
+// built with -ffp-contract=off: a multiply fused into an add would round
+// differently from the scalar fit.
 //
-// The fit was the largest part of a q4 prefill on models with many KV heads
-// (docs/quantization.md, "Quantization rules").
+// The q4 fit was the largest part of a q4 prefill on models with many KV
+// heads, and q8's scalar encoding 6% of a q8 one (docs/quantization.md,
+// "Quantization rules").
 #pragma once
 
 #include <stddef.h>
@@ -241,27 +244,64 @@ void fit_q4(const Sets& set, float edge_weight, uint32_t n_shrink, uint32_t n_ou
   }
 }
 
-// kvq_quantize_k / kvq_quantize_v for q4, kLanes channels (K) or tokens (V)
-// per fit.
-void quantize_k_q4(uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
-                   uint32_t block_tokens, uint32_t head_dim) {
-  memset(dst, 0, kvq_k_head_bytes(kKvqQ4, block_tokens, head_dim));
-  if (n_tokens == 0) return;  // the scalar fit's parameters of an empty set are 0 too
-  uint16_t* sc = (uint16_t*)(dst + kvq_scale_offset(kKvqQ4, block_tokens, head_dim));
-  for (uint32_t c = 0; c < head_dim; c += kLanes) {
-    const uint32_t nl = head_dim - c < kLanes ? head_dim - c : kLanes;
-    fit_q4<kKvqKeyEdgeWeight != 0.0f>(Sets{src + c, src_stride, n_tokens, nl}, kKvqKeyEdgeWeight,
-                                      kKvqKeyShrinkStarts, nl, sc + c, sc + head_dim + c, 1);
+// q8 of kLanes sets, as kvq_quantize_k / kvq_quantize_v find each set's
+// range and scale and round its codes: lane j's scale goes to
+// scale_h[j * out_stride] and the code of its element i to
+// codes[i * di + j * dj], for j < n_out.
+void encode_q8(const Sets& set, uint32_t n_out, uint16_t* scale_h, size_t out_stride, int8_t* codes, size_t di,
+               size_t dj) {
+  typedef int8_t VC __attribute__((vector_size(KVQ_LANES)));
+  VF lo = set.load(0), hi = lo;
+  for (uint32_t i = 1; i < set.n; ++i) {
+    const VF v = set.load(i);
+    lo = sel(v < lo, v, lo);
+    hi = sel(v > hi, v, hi);
   }
-  kvq_encode_k_q4(dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  const VI sh = f16_up(sel(hi > -lo, hi, -lo) / 127.0f);
+  const VF s = f16_f32(sh), inv = sel(s > 0.0f, 1.0f / s, splat(0.0f));
+  for (uint32_t i = 0; i < set.n; ++i) {
+    // kvq_round, then the clamp to +-127, done first on the product (which
+    // gives the same codes, and keeps the conversions in range). The scale
+    // is rounded up, so |product| <= 127 but for the reciprocal's rounding.
+    VF v = set.load(i) * inv;
+    v = sel(v > 127.0f, splat(127.0f), sel(v < -127.0f, splat(-127.0f), v));
+    const VI c = sel(v >= 0.0f, __builtin_convertvector(v + 0.5f, VI), -__builtin_convertvector(-v + 0.5f, VI));
+    const VC b = __builtin_convertvector(c, VC);
+    if (dj == 1) {
+      memcpy(codes + i * di, &b, n_out);
+    } else {
+      for (uint32_t j = 0; j < n_out; ++j) codes[i * di + j * dj] = b[j];
+    }
+  }
+  for (uint32_t j = 0; j < n_out; ++j) scale_h[j * out_stride] = (uint16_t)sh[j];
 }
 
-void quantize_v_q4(uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
-                   uint32_t block_tokens, uint32_t head_dim) {
-  memset(dst, 0, kvq_v_head_bytes(kKvqQ4, block_tokens, head_dim));
+// kvq_quantize_k / kvq_quantize_v for q8 and q4, kLanes channels (K) or
+// tokens (V) at once.
+void quantize_k(uint32_t format, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
+                uint32_t block_tokens, uint32_t head_dim) {
+  memset(dst, 0, kvq_k_head_bytes(format, block_tokens, head_dim));
+  uint16_t* sc = (uint16_t*)(dst + kvq_scale_offset(format, block_tokens, head_dim));
+  const size_t rb = kvq_row_bytes(format, head_dim);
+  for (uint32_t c = 0; c < head_dim; c += kLanes) {
+    const uint32_t nl = head_dim - c < kLanes ? head_dim - c : kLanes;
+    const Sets set{src + c, src_stride, n_tokens, nl};
+    if (format == kKvqQ8)
+      encode_q8(set, nl, sc + c, 1, (int8_t*)dst + c, rb, 1);
+    else
+      fit_q4<kKvqKeyEdgeWeight != 0.0f>(set, kKvqKeyEdgeWeight, kKvqKeyShrinkStarts, nl, sc + c,
+                                        sc + head_dim + c, 1);
+  }
+  if (format == kKvqQ4) kvq_encode_k_q4(dst, src, src_stride, n_tokens, block_tokens, head_dim);
+}
+
+void quantize_v(uint32_t format, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
+                uint32_t block_tokens, uint32_t head_dim) {
+  memset(dst, 0, kvq_v_head_bytes(format, block_tokens, head_dim));
   const uint32_t gs = kvq_group(head_dim), ng = kvq_n_groups(head_dim);
-  uint16_t* sc = (uint16_t*)(dst + kvq_scale_offset(kKvqQ4, block_tokens, head_dim));
+  uint16_t* sc = (uint16_t*)(dst + kvq_scale_offset(format, block_tokens, head_dim));
   uint16_t* mins = sc + (size_t)block_tokens * ng;
+  const size_t rb = kvq_row_bytes(format, head_dim);
   float xt[kKvGroup * kLanes];  // one group of kLanes tokens, channel-major
   for (uint32_t t0 = 0; t0 < n_tokens; t0 += kLanes) {
     const uint32_t nl = n_tokens - t0 < kLanes ? n_tokens - t0 : kLanes;
@@ -270,11 +310,15 @@ void quantize_v_q4(uint8_t* dst, const float* src, size_t src_stride, uint32_t n
       for (uint32_t i = 0; i < n; ++i)
         for (uint32_t j = 0; j < kLanes; ++j)
           xt[i * kLanes + j] = j < nl ? src[(t0 + j) * src_stride + c0 + i] : 0.0f;
-      fit_q4<kKvqValueEdgeWeight != 0.0f>(Sets{xt, kLanes, n, kLanes}, kKvqValueEdgeWeight,
-                                          kKvqValueShrinkStarts, nl, sc + t0 * ng + g, mins + t0 * ng + g, ng);
+      const Sets set{xt, kLanes, n, kLanes};
+      if (format == kKvqQ8)
+        encode_q8(set, nl, sc + t0 * ng + g, ng, (int8_t*)dst + t0 * rb + c0, 1, rb);
+      else
+        fit_q4<kKvqValueEdgeWeight != 0.0f>(set, kKvqValueEdgeWeight, kKvqValueShrinkStarts, nl,
+                                            sc + t0 * ng + g, mins + t0 * ng + g, ng);
     }
   }
-  kvq_encode_v_q4(dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  if (format == kKvqQ4) kvq_encode_v_q4(dst, src, src_stride, n_tokens, block_tokens, head_dim);
 }
 
 #undef KVQ_INLINE
@@ -282,12 +326,20 @@ void quantize_v_q4(uint8_t* dst, const float* src, size_t src_stride, uint32_t n
 }  // namespace
 
 namespace KVQ_LEVEL {
-void kv_quantize_q4(bool keys, uint8_t* dst, const float* src, size_t src_stride, uint32_t n_tokens,
-                    uint32_t block_tokens, uint32_t head_dim) {
-  if (keys)
-    quantize_k_q4(dst, src, src_stride, n_tokens, block_tokens, head_dim);
-  else
-    quantize_v_q4(dst, src, src_stride, n_tokens, block_tokens, head_dim);
+void kv_quantize(uint32_t format, bool keys, uint8_t* dst, const float* src, size_t src_stride,
+                 uint32_t n_tokens, uint32_t block_tokens, uint32_t head_dim) {
+  // An empty set: the scalar encoders' parameters of no elements (q8 keys
+  // store a scale of -0) are theirs to give.
+  if (n_tokens == 0) {
+    if (keys)
+      kvq_quantize_k(format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+    else
+      kvq_quantize_v(format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  } else if (keys) {
+    quantize_k(format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  } else {
+    quantize_v(format, dst, src, src_stride, n_tokens, block_tokens, head_dim);
+  }
 }
 }  // namespace KVQ_LEVEL
 }  // namespace kvrt_k

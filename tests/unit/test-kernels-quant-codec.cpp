@@ -265,63 +265,65 @@ void fill_kind(std::vector<float>& x, uint32_t bt, uint32_t hd, int kind, kt::Rn
     }
 }
 
-// The vectorized q4 fit (kv-quant-lanes.h) stores the scalar encoder's bytes,
-// keys and values, at each SIMD level: called directly, and through the
-// dispatcher the engine uses at every level.
+// The vectorized encoders (kv-quant-lanes.h) store the scalar encoder's
+// bytes, q8 and q4, keys and values, at each SIMD level: called directly,
+// and through the dispatcher the engine uses at every level.
 void test_levels_match_reference(void**) {
-  typedef void (*Q4Fn)(bool, uint8_t*, const float*, size_t, uint32_t, uint32_t, uint32_t);
+  typedef void (*QFn)(uint32_t, bool, uint8_t*, const float*, size_t, uint32_t, uint32_t, uint32_t);
   const kvrt_k::CpuIsa best = cpu_isa_detect();
-  std::vector<std::pair<const char*, Q4Fn>> fns;
-  if (best >= kvrt_k::CpuIsa::avx2) fns.push_back({"avx2", avx2::kv_quantize_q4});
-  if (best >= kvrt_k::CpuIsa::avx512) fns.push_back({"avx512", avx512::kv_quantize_q4});
+  std::vector<std::pair<const char*, QFn>> fns;
+  if (best >= kvrt_k::CpuIsa::avx2) fns.push_back({"avx2", avx2::kv_quantize});
+  if (best >= kvrt_k::CpuIsa::avx512) fns.push_back({"avx512", avx512::kv_quantize});
   if (fns.empty()) {
-    printf("no SIMD level on this CPU: the vectorized q4 fit is not run here\n");
+    printf("no SIMD level on this CPU: the vectorized encoders are not run here\n");
     skip();
   }
   kt::Rng rng(19);
   char ctx[160];
   size_t sets = 0;
-  for (uint32_t hd : {1u, 7u, 8u, 16u, 33u, 64u, 80u, 96u, 128u, 256u})
-    for (uint32_t bt : {1u, 7u, 16u, 32u, 64u})
-      for (int kind = 0; kind < 6; ++kind)
-        for (uint32_t n : {bt, bt / 2 + 1, 1u}) {
-          std::vector<float> x((size_t)bt * hd);
-          fill_kind(x, bt, hd, kind, rng);
-          for (int is_k = 0; is_k < 2; ++is_k) {
-            const size_t bytes = is_k ? kvq_k_head_bytes(KV_Q4, bt, hd) : kvq_v_head_bytes(KV_Q4, bt, hd);
-            std::vector<uint8_t> want(bytes + 16, 0xAB), got(bytes + 16, 0xCD);
-            if (is_k)
-              kvq_quantize_k(KV_Q4, want.data(), x.data(), hd, n, bt, hd);
-            else
-              kvq_quantize_v(KV_Q4, want.data(), x.data(), hd, n, bt, hd);
-            sets += is_k ? hd : (size_t)n * kvq_n_groups(hd);
-            for (const auto& [name, fn] : fns) {
-              snprintf(ctx, sizeof ctx, "%s %s hd %u bt %u n %u kind %d", name, is_k ? "K" : "V", hd, bt, n, kind);
-              for (int via = 0; via < 2; ++via) {
-                std::fill(got.begin(), got.end(), 0xCD);
-                if (via == 0) {
-                  fn(is_k, got.data(), x.data(), hd, n, bt, hd);
-                } else {
-                  cpu_isa_set(strcmp(name, "avx2") == 0 ? kvrt_k::CpuIsa::avx2 : kvrt_k::CpuIsa::avx512);
-                  if (is_k)
-                    kv_quantize_k(KV_Q4, got.data(), x.data(), hd, n, bt, hd);
-                  else
-                    kv_quantize_v(KV_Q4, got.data(), x.data(), hd, n, bt, hd);
-                  cpu_isa_set(best);
-                }
-                for (size_t i = bytes; i < got.size(); ++i) assert_int_equal(got[i], 0xCD);
-                if (memcmp(got.data(), want.data(), bytes) != 0) {
-                  size_t i = 0;
-                  while (got[i] == want[i]) ++i;
-                  fprintf(stderr, "%s%s: byte %zu of %zu is %u, the scalar encoder's %u\n", ctx,
-                          via ? " (dispatched)" : "", i, bytes, got[i], want[i]);
-                  fail();
+  for (uint32_t fmt : kFormats)
+    for (uint32_t hd : {1u, 7u, 8u, 16u, 33u, 64u, 80u, 96u, 128u, 256u})
+      for (uint32_t bt : {1u, 7u, 16u, 32u, 64u})
+        for (int kind = 0; kind < 6; ++kind)
+          for (uint32_t n : {bt, bt / 2 + 1, 1u, 0u}) {
+            std::vector<float> x((size_t)bt * hd);
+            fill_kind(x, bt, hd, kind, rng);
+            for (int is_k = 0; is_k < 2; ++is_k) {
+              const size_t bytes = is_k ? kvq_k_head_bytes(fmt, bt, hd) : kvq_v_head_bytes(fmt, bt, hd);
+              std::vector<uint8_t> want(bytes + 16, 0xAB), got(bytes + 16, 0xCD);
+              if (is_k)
+                kvq_quantize_k(fmt, want.data(), x.data(), hd, n, bt, hd);
+              else
+                kvq_quantize_v(fmt, want.data(), x.data(), hd, n, bt, hd);
+              sets += is_k ? hd : (size_t)n * kvq_n_groups(hd);
+              for (const auto& [name, fn] : fns) {
+                snprintf(ctx, sizeof ctx, "%s fmt %u %s hd %u bt %u n %u kind %d", name, fmt, is_k ? "K" : "V",
+                         hd, bt, n, kind);
+                for (int via = 0; via < 2; ++via) {
+                  std::fill(got.begin(), got.end(), 0xCD);
+                  if (via == 0) {
+                    fn(fmt, is_k, got.data(), x.data(), hd, n, bt, hd);
+                  } else {
+                    cpu_isa_set(strcmp(name, "avx2") == 0 ? kvrt_k::CpuIsa::avx2 : kvrt_k::CpuIsa::avx512);
+                    if (is_k)
+                      kv_quantize_k(fmt, got.data(), x.data(), hd, n, bt, hd);
+                    else
+                      kv_quantize_v(fmt, got.data(), x.data(), hd, n, bt, hd);
+                    cpu_isa_set(best);
+                  }
+                  for (size_t i = bytes; i < got.size(); ++i) assert_int_equal(got[i], 0xCD);
+                  if (memcmp(got.data(), want.data(), bytes) != 0) {
+                    size_t i = 0;
+                    while (got[i] == want[i]) ++i;
+                    fprintf(stderr, "%s%s: byte %zu of %zu is %u, the scalar encoder's %u\n", ctx,
+                            via ? " (dispatched)" : "", i, bytes, got[i], want[i]);
+                    fail();
+                  }
                 }
               }
             }
           }
-        }
-  printf("vectorized q4 fit: %zu sets per level, bytes equal to the scalar encoder's\n", sets);
+  printf("vectorized encoders: %zu sets per level, bytes equal to the scalar encoder's\n", sets);
 }
 
 void test_layout_sizes(void**) {
