@@ -143,8 +143,26 @@ uint32_t pass_heads(const QAttnOps& op, uint32_t hd, uint32_t ng) {
   return qattn_block_q_takes(hd, p) ? p : ng;
 }
 
-// Online softmax of ngh query heads (rows of hd floats from q0) over
-// [t0, t1): m/l per head, unnormalized acc (hd floats per head, zeroed here).
+// The online-softmax state of n heads before any position: running max m,
+// sum l, unnormalized acc (hd floats per head).
+void start(uint32_t n, uint32_t hd, float* m, float* l, float* acc) {
+  for (uint32_t g = 0; g < n; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+  }
+  memset(acc, 0, (size_t)n * hd * sizeof(float));
+}
+
+// out[g] = acc[g] / l[g] for n heads; out may be acc.
+void finish(uint32_t n, uint32_t hd, const float* l, const float* acc, float* out) {
+  for (uint32_t g = 0; g < n; ++g) {
+    const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+    for (uint32_t c = 0; c < hd; ++c) out[(size_t)g * hd + c] = acc[(size_t)g * hd + c] * inv;
+  }
+}
+
+// Continues the online softmax (m, l, acc as start() sets them up) of ngh
+// query heads (rows of hd floats from q0) over positions [t0, t1).
 void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const float* q0,
                 uint32_t ngh, uint32_t t0, uint32_t t1, float* m, float* l, float* acc) {
   const AttnArgs& a = qa.base;
@@ -152,11 +170,6 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
   const uint32_t hd = L.head_dim, bt = L.block_tokens;
   const uint32_t ngv = kvq_n_groups(hd);
   const size_t rbk = kvq_row_bytes(L.k_format, hd), rbv = kvq_row_bytes(L.v_format, hd);
-  for (uint32_t g = 0; g < ngh; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
-  }
-  memset(acc, 0, (size_t)ngh * hd * sizeof(float));
   float qs[kGroupChunk * kQAttnMaxHeadDim], bias[kGroupChunk], s[kGroupChunk * C],
       p[kGroupChunk * C];
   // Blocks are scattered (block table), so hardware prefetchers miss the
@@ -265,8 +278,9 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
 }
 
 // walk_heads for ngh heads run as ngp > ngh: the extra rows zero queries,
-// their results dropped. Out of line, so that its 32 KiB of buffers are on
-// the stack only while a padded pass runs.
+// their results dropped; the real rows' state is copied in and out. Out of
+// line, so that its 32 KiB of buffers are on the stack only while a padded
+// pass runs.
 __attribute__((noinline)) void walk_padded(const QAttnArgs& qa, const QAttnOps& op,
                                            uint32_t kv_head, const float* q0, uint32_t ngh,
                                            uint32_t ngp, uint32_t t0, uint32_t t1, float* m,
@@ -276,15 +290,18 @@ __attribute__((noinline)) void walk_padded(const QAttnArgs& qa, const QAttnOps& 
   float mp[kGroupChunk], lp[kGroupChunk];
   memcpy(qp, q0, (size_t)ngh * hd * sizeof(float));
   memset(qp + (size_t)ngh * hd, 0, (size_t)(ngp - ngh) * hd * sizeof(float));
+  memcpy(mp, m, ngh * sizeof(float));
+  memcpy(lp, l, ngh * sizeof(float));
+  memcpy(ap, acc, (size_t)ngh * hd * sizeof(float));
+  start(ngp - ngh, hd, mp + ngh, lp + ngh, ap + (size_t)ngh * hd);
   walk_heads(qa, op, kv_head, qp, ngp, t0, t1, mp, lp, ap);
   memcpy(m, mp, ngh * sizeof(float));
   memcpy(l, lp, ngh * sizeof(float));
   memcpy(acc, ap, (size_t)ngh * hd * sizeof(float));
 }
 
-// Online softmax of query heads [g0, g0 + ngh) of query qi over [t0, t1),
-// as walk_heads; a head count the rounded step takes only when padded
-// (pass_heads) runs padded.
+// walk_heads for query heads [g0, g0 + ngh) of query qi; a head count the
+// rounded step takes only when padded (pass_heads) runs padded.
 void walk(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi, uint32_t g0,
           uint32_t ngh, uint32_t t0, uint32_t t1, float* m, float* l, float* acc) {
   const AttnArgs& a = qa.base;
@@ -320,33 +337,25 @@ uint32_t queries_per_pass(const QAttnOps& op, uint32_t hd, uint32_t group) {
 
 // Outputs of queries [qi0, qi0 + nq) (nq <= queries_per_pass) of KV head
 // kv_head: one pass of their rows over the positions all of them see, then
-// each query j > 0 walks its own last j positions alone, and the two parts
-// merge (online softmax).
+// each query j > 0 continues its rows' online softmax over its own last j
+// positions alone.
 void walk_queries(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi0, uint32_t nq) {
   const AttnArgs& a = qa.base;
   const uint32_t hd = a.layout->head_dim, group = a.n_head / a.layout->n_head_kv;
   const uint32_t rows = nq * group, ngp = pass_heads(op, hd, rows);
   const size_t head_off = (size_t)kv_head * group * hd, row_floats = (size_t)group * hd;
   alignas(64) float qp[kPassFloats], ap[kPassFloats];
-  float mp[kGroupChunk], lp[kGroupChunk], mt[kGroupChunk], lt[kGroupChunk];
+  float mp[kGroupChunk], lp[kGroupChunk];
   for (uint32_t j = 0; j < nq; ++j)
     memcpy(qp + j * row_floats, a.q + (size_t)(qi0 + j) * a.q_stride + head_off, row_floats * sizeof(float));
   memset(qp + (size_t)rows * hd, 0, (size_t)(ngp - rows) * hd * sizeof(float));
   const uint32_t t_all = (uint32_t)a.pos0 + qi0 + 1;  // what query qi0, and so every one, sees
+  start(ngp, hd, mp, lp, ap);
   walk_heads(qa, op, kv_head, qp, ngp, 0, t_all, mp, lp, ap);
   for (uint32_t j = 0; j < nq; ++j) {
-    float* out = a.out + (size_t)(qi0 + j) * a.q_stride + head_off;
-    // The tail's accumulators go to out, then merge with the pass's there.
-    if (j > 0) walk(qa, op, kv_head, qi0 + j, 0, group, t_all, t_all + j, mt, lt, out);
-    for (uint32_t g = 0; g < group; ++g) {
-      const uint32_t r = j * group + g;
-      const float m2 = j > 0 ? mt[g] : -INFINITY, mx = mp[r] > m2 ? mp[r] : m2;
-      const float c1 = lp[r] > 0.0f ? expf(mp[r] - mx) : 0.0f, c2 = j > 0 && lt[g] > 0.0f ? expf(m2 - mx) : 0.0f;
-      const float l = lp[r] * c1 + (j > 0 ? lt[g] * c2 : 0.0f), inv = l > 0.0f ? 1.0f / l : 0.0f;
-      const float* a1 = ap + (size_t)r * hd;
-      float* o = out + (size_t)g * hd;
-      for (uint32_t c = 0; c < hd; ++c) o[c] = (a1[c] * c1 + (j > 0 ? o[c] * c2 : 0.0f)) * inv;
-    }
+    const size_t r = (size_t)j * group;
+    if (j > 0) walk(qa, op, kv_head, qi0 + j, 0, group, t_all, t_all + j, mp + r, lp + r, ap + r * hd);
+    finish(group, hd, lp + r, ap + r * hd, a.out + (size_t)(qi0 + j) * a.q_stride + head_off);
   }
 }
 
@@ -381,11 +390,9 @@ void attention_quant(const QAttnArgs& qa, uint32_t kv_head) {
       const uint32_t ngh = group - g0 < kGroupChunk ? group - g0 : kGroupChunk;
       // Heads of one KV head are adjacent in out, so acc can be out itself.
       float* out = a.out + (size_t)qi * a.q_stride + (size_t)(kv_head * group + g0) * hd;
+      start(ngh, hd, m, l, out);
       walk(qa, op, kv_head, qi, g0, ngh, 0, t1, m, l, out);
-      for (uint32_t g = 0; g < ngh; ++g) {
-        const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
-        for (uint32_t c = 0; c < hd; ++c) out[(size_t)g * hd + c] *= inv;
-      }
+      finish(ngh, hd, l, out, out);
     }
   }
 }
@@ -400,6 +407,7 @@ void attention_quant_partial(const QAttnArgs& qa, uint32_t kv_head, uint32_t qi,
   float m[kGroupChunk], l[kGroupChunk];
   for (uint32_t g0 = 0; g0 < group; g0 += kGroupChunk) {
     const uint32_t ngh = group - g0 < kGroupChunk ? group - g0 : kGroupChunk;
+    start(ngh, hd, m, l, acc + (size_t)g0 * hd);
     walk(qa, op, kv_head, qi, g0, ngh, t0, t0 < t1 ? t1 : t0, m, l, acc + (size_t)g0 * hd);
     for (uint32_t g = 0; g < ngh; ++g) part[g0 + g] = {m[g], l[g]};
   }
