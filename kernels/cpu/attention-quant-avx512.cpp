@@ -381,9 +381,10 @@ __attribute__((always_inline)) inline void values_pass(const VRun* runs, uint32_
   }
 }
 
-// All channels of K heads: 64 per pass, then the 32 and 16 left. Out of line: inlined into softmax_values, whose live
-// vectors leave too few registers, the q8 loop spilled its inputs
-// (measured 10% slower for the whole q8 step).
+// All channels of K heads: 64 per pass, then the 32 and 16 left. Out of
+// line: inlined into softmax_values, whose live vectors leave too few
+// registers, the q8 loop spilled its inputs (measured 10% slower for the
+// whole q8 step).
 template <uint32_t VF, int K>
 __attribute__((noinline)) void values_vnni(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd, const float* w,
                         const float* mb, const float* alpha, float* acc) {
@@ -533,9 +534,9 @@ BlockQFn pick_ng(uint32_t ng) {
 }
 
 bool block_q(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
-             size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale, uint32_t ng,
-             float* m, float* l, float* acc) {
-  if (!qattn_block_q_takes(hd, ng) || ngv != qpad(hd) / 32) return false;
+             size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng, float* m, float* l,
+             float* acc) {
+  if (!qattn_block_q_takes(hd, ng)) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
   const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
                         : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));

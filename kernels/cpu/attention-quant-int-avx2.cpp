@@ -418,9 +418,9 @@ BlockQFn pick_ng(uint32_t ng) {
 }  // namespace
 
 bool qattn_block_q_avx2(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
-                        size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale, uint32_t ng,
-                        float* m, float* l, float* acc) {
-  if (!qattn_block_q_takes(hd, ng) || ngv != qpad(hd) / 32) return false;
+                        size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng, float* m,
+                        float* l, float* acc) {
+  if (!qattn_block_q_takes(hd, ng)) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
   const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
                         : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));

@@ -212,7 +212,7 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
                    pf ? a.blocks[pb] + koff : nullptr, pf ? a.blocks[pb] + voff : nullptr,
                    (uint32_t)L.k_head_bytes, (uint32_t)L.v_head_bytes};
       }
-      if (op.block_q(L.k_format, L.v_format, blk, nb, rbk, rbv, ngv, hd, q0, a.scale, ngh, m, l,
+      if (op.block_q(L.k_format, L.v_format, blk, nb, rbk, rbv, hd, q0, a.scale, ngh, m, l,
                      acc)) {
         b += nb - 1;
         continue;

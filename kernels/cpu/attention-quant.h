@@ -94,8 +94,8 @@ struct QAttnOps {
   // k_*/v_* loops for the shapes qattn_block_q_takes(hd, ng) accepts;
   // returns false otherwise.
   bool (*block_q)(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks, uint32_t nb,
-                  size_t rbk, size_t rbv, uint32_t ngv, uint32_t hd, const float* q, float scale,
-                  uint32_t ng, float* m, float* l, float* acc);
+                  size_t rbk, size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng,
+                  float* m, float* l, float* acc);
 };
 
 // True when, at the current ISA level, a pass of ng query heads (passes
@@ -120,8 +120,8 @@ bool qattn_block_q_takes(uint32_t hd, uint32_t ng);
 // The 256-bit rounded-query step (attention-quant-int-avx2.cpp), the AVX2
 // table's QAttnOps::block_q.
 bool qattn_block_q_avx2(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks,
-                        uint32_t nb, size_t rbk, size_t rbv, uint32_t ngv, uint32_t hd,
-                        const float* q, float scale, uint32_t ng, float* m, float* l, float* acc);
+                        uint32_t nb, size_t rbk, size_t rbv, uint32_t hd, const float* q,
+                        float scale, uint32_t ng, float* m, float* l, float* acc);
 // The AVX2 table with AVX-512 versions where they exist; null without AVX2.
 const QAttnOps* qattn_ops_avx512();
 
