@@ -376,7 +376,7 @@ void attention_quant(const QAttnArgs& qa, uint32_t kv_head) {
   const AttnArgs& a = qa.base;
   const uint32_t hd = a.layout->head_dim, group = a.n_head / a.layout->n_head_kv;
   const QAttnOps& op = ops();
-  const uint32_t per_pass = queries_per_pass(op, hd, group);
+  const uint32_t per_pass = a.n_q > 1 ? queries_per_pass(op, hd, group) : 1;  // decode: one query
   float m[kGroupChunk], l[kGroupChunk];
   for (uint32_t qi = 0; qi < a.n_q; ++qi) {
     if (per_pass > 1 && a.n_q - qi > 1) {
