@@ -124,6 +124,16 @@ struct Sets {
       memcpy(&v, x + i * stride, nl * sizeof(float));
     return sanitize(v);
   }
+  // Each lane's smallest and largest element, compared in element order as
+  // the scalar encoders do (which decides the sign of a zero).
+  KVQ_INLINE void range(VF& lo, VF& hi) const {
+    lo = hi = load(0);
+    for (uint32_t i = 1; i < n; ++i) {
+      const VF v = load(i);
+      lo = sel(v < lo, v, lo);
+      hi = sel(v > hi, v, hi);
+    }
+  }
 };
 
 // KvqQ4Fit per lane, and `on`: the lanes whose set is not constant.
@@ -209,12 +219,8 @@ struct Fit {
 template <bool kWeighted>
 void fit_q4(const Sets& set, float edge_weight, uint32_t n_shrink, uint32_t n_out, uint16_t* scale_h,
             uint16_t* min_h, size_t out_stride) {
-  VF lo = set.load(0), hi = lo;
-  for (uint32_t i = 1; i < set.n; ++i) {
-    const VF v = set.load(i);
-    lo = sel(v < lo, v, lo);
-    hi = sel(v > hi, v, hi);
-  }
+  VF lo, hi;
+  set.range(lo, hi);
   Fit<kWeighted> f;
   f.set = set;
   f.min_h = f16_down(lo);
@@ -251,12 +257,8 @@ void fit_q4(const Sets& set, float edge_weight, uint32_t n_shrink, uint32_t n_ou
 void encode_q8(const Sets& set, uint32_t n_out, uint16_t* scale_h, size_t out_stride, int8_t* codes, size_t di,
                size_t dj) {
   typedef int8_t VC __attribute__((vector_size(KVQ_LANES)));
-  VF lo = set.load(0), hi = lo;
-  for (uint32_t i = 1; i < set.n; ++i) {
-    const VF v = set.load(i);
-    lo = sel(v < lo, v, lo);
-    hi = sel(v > hi, v, hi);
-  }
+  VF lo, hi;
+  set.range(lo, hi);
   const VI sh = f16_up(sel(hi > -lo, hi, -lo) / 127.0f);
   const VF s = f16_f32(sh), inv = sel(s > 0.0f, 1.0f / s, splat(0.0f));
   for (uint32_t i = 0; i < set.n; ++i) {
