@@ -3,7 +3,10 @@
 // A block holds block_tokens positions for every layer. Per layer: the K part
 // for each KV head ([block_tokens][head_dim] elements), then the V part for
 // each KV head. One head's keys for a block are contiguous, so attention for
-// a head streams one run of bytes per block. For f32/f16/bf16 a head part is
+// a head streams one run of bytes per block. A block's layer parts are
+// layer_stride bytes apart: layer_bytes when the block is one run (snapshots,
+// the stage), more in the block pool, which keeps one layer's parts of its
+// blocks side by side (kv/block-pool.hpp). For f32/f16/bf16 a head part is
 // [block_tokens][head_dim] elements; for q8/q4 it is the codes followed by
 // their scales (kv-quant.h has the byte layout).
 #pragma once
@@ -40,6 +43,7 @@ struct KvLayout {
   size_t v_head_bytes;  // one head's V in one block
   size_t layer_bytes;   // n_head_kv * (k_head_bytes + v_head_bytes)
   size_t block_bytes;   // n_layer * layer_bytes
+  size_t layer_stride;  // from a block's layer part to its next; >= layer_bytes
 };
 
 // Bytes of one element of an unquantized format; 0 for formats that are not
@@ -66,17 +70,18 @@ KVRT_HD bool kv_layout_init(KvLayout* l, uint32_t n_layer, uint32_t n_head_kv,
                       : kvq_v_head_bytes(v_format, block_tokens, head_dim);
   l->layer_bytes = (size_t)n_head_kv * (l->k_head_bytes + l->v_head_bytes);
   l->block_bytes = (size_t)n_layer * l->layer_bytes;
+  l->layer_stride = l->layer_bytes;
   return true;
 }
 
 // Byte offset, from a block's base, of head `head`'s K in layer `layer`.
 KVRT_HD size_t kv_k_offset(const KvLayout& l, uint32_t layer, uint32_t head) {
-  return (size_t)layer * l.layer_bytes + (size_t)head * l.k_head_bytes;
+  return (size_t)layer * l.layer_stride + (size_t)head * l.k_head_bytes;
 }
 
 // Byte offset, from a block's base, of head `head`'s V in layer `layer`.
 KVRT_HD size_t kv_v_offset(const KvLayout& l, uint32_t layer, uint32_t head) {
-  return (size_t)layer * l.layer_bytes + (size_t)l.n_head_kv * l.k_head_bytes +
+  return (size_t)layer * l.layer_stride + (size_t)l.n_head_kv * l.k_head_bytes +
          (size_t)head * l.v_head_bytes;
 }
 

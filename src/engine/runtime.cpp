@@ -10,10 +10,10 @@ Runtime::Runtime(const RuntimeConfig& cfg)
 
 Runtime::~Runtime() = default;
 
-BlockPool& Runtime::pool_for(size_t block_bytes) {
+BlockPool& Runtime::pool_for(size_t part_bytes, uint32_t n_parts) {
   std::lock_guard<std::mutex> lock(pools_mutex_);
-  auto& p = pools_[block_bytes];
-  if (!p) p = std::make_unique<BlockPool>(block_bytes, budget_);
+  auto& p = pools_[{part_bytes, n_parts}];
+  if (!p) p = std::make_unique<BlockPool>(part_bytes, n_parts, budget_);
   return *p;
 }
 

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <utility>
 
 #include "backend/backend.hpp"
 #include "kv/block-pool.hpp"
@@ -29,8 +30,9 @@ class Runtime {
   const CpuBackend& backend() const { return backend_; }
   MemoryBudget& budget() { return budget_; }
   const MemoryBudget& budget() const { return budget_; }
-  // The pool handing out blocks of `block_bytes` (made on first use).
-  BlockPool& pool_for(size_t block_bytes);
+  // The pool handing out blocks of n_parts parts of part_bytes (made on
+  // first use).
+  BlockPool& pool_for(size_t part_bytes, uint32_t n_parts);
   uint64_t reserved_bytes() const;
   uint64_t blocks_in_use() const;
 
@@ -40,7 +42,7 @@ class Runtime {
   CpuBackend backend_;
   MemoryBudget budget_;
   mutable std::mutex pools_mutex_;
-  std::map<size_t, std::unique_ptr<BlockPool>> pools_;
+  std::map<std::pair<size_t, uint32_t>, std::unique_ptr<BlockPool>> pools_;
 };
 
 // A model loaded into a runtime; keeps the runtime alive.

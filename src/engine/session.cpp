@@ -90,7 +90,7 @@ Session::Session(std::shared_ptr<const LoadedModel> model, const SessionConfig& 
   kvrt_k::KvLayout layout;
   kvrt_k::kv_layout_init(&layout, hp.n_layer, hp.n_head_kv, hp.head_dim,
                          rt_.config().block_tokens, cfg_.k_format, cfg_.v_format);
-  kv_ = std::make_unique<KvCache>(rt_.pool_for(layout.block_bytes), layout, cfg_.n_ctx);
+  kv_ = std::make_unique<KvCache>(rt_.pool_for(layout.layer_bytes, layout.n_layer), layout, cfg_.n_ctx);
   quant_ = kvrt_k::kv_is_quant(cfg_.k_format);
   if (quant_) {
     kvrt_k::kv_layout_init(&stage_layout_, hp.n_layer, hp.n_head_kv, hp.head_dim,

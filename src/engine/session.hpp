@@ -58,7 +58,7 @@ class Session {
   // the caller writes their bytes through import_block(), and finish_import
   // counts them and sets the token ids (tokens.size() == n_tokens).
   void begin_import(uint32_t n_tokens);
-  uint8_t* import_block(uint32_t logical) const { return kv_->block_ptr(logical); }
+  BlockRuns import_block(uint32_t logical) const { return kv_->block_runs(logical); }
   void finish_import(std::vector<int32_t> tokens);
 
  private:

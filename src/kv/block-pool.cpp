@@ -45,7 +45,7 @@ struct BlockPool::Impl {
   struct Slab {
     std::atomic<uint8_t*> mem{nullptr};
     std::atomic<std::atomic<uint32_t>*> refs{nullptr};
-    size_t bytes = 0;       // of blocks in this slab (guarded by mu)
+    size_t bytes = 0;       // mapped for this slab (guarded by mu)
     bool mapped = false;    // mmap'ed (else aligned_alloc)
   };
 
@@ -67,12 +67,16 @@ struct BlockPool::Impl {
   }
 
   // Adds the next slab and pushes its ids on the free list; false when the
-  // table is full or the system refuses memory.
-  bool grow(size_t block_bytes) {
+  // table is full or the system refuses memory. Part p of the slab's block
+  // i is at p * stride + i * part_bytes: the stride is one number for the
+  // whole pool, so a short last slab leaves the ends of its runs unused
+  // (mapped, never touched, never backed by memory; reserved_bytes counts
+  // only what blocks hold).
+  bool grow(size_t part_bytes, uint32_t n_parts, size_t stride) {
     if (n_slabs >= n_slabs_max) return false;
     uint32_t s = n_slabs;
     uint32_t nb = slab_blocks(s);
-    size_t bytes = static_cast<size_t>(nb) * block_bytes;
+    size_t bytes = (static_cast<size_t>(n_parts - 1) * stride + nb * part_bytes + 63) & ~size_t{63};
     uint8_t* mem = nullptr;
     bool mapped = false;
     if (bytes >= kSlabTargetBytes) {
@@ -84,7 +88,7 @@ struct BlockPool::Impl {
       mem = static_cast<uint8_t*>(p);
       mapped = true;
     } else {
-      mem = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));  // bytes is a multiple of 64
+      mem = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));  // a multiple of 64
       if (!mem) return false;
     }
     auto* refs = new (std::nothrow) std::atomic<uint32_t>[nb];
@@ -110,7 +114,7 @@ struct BlockPool::Impl {
     uint32_t base = s * blocks_per_slab;
     for (uint32_t i = nb; i-- > 0;) free_ids.push_back(base + i);
     n_slabs = s + 1;
-    reserved.fetch_add(bytes, std::memory_order_relaxed);
+    reserved.fetch_add(static_cast<size_t>(nb) * part_bytes * n_parts, std::memory_order_relaxed);
     return true;
   }
 
@@ -123,14 +127,16 @@ struct BlockPool::Impl {
   }
 };
 
-BlockPool::BlockPool(size_t block_bytes, MemoryBudget& budget)
+BlockPool::BlockPool(size_t part_bytes, uint32_t n_parts, MemoryBudget& budget)
     : impl_(std::make_unique<Impl>()),
-      block_bytes_((block_bytes == 0 ? 64 : block_bytes + 63) & ~size_t{63}),
+      part_bytes_(part_bytes ? part_bytes : 1),
+      n_parts_(n_parts ? n_parts : 1),
       budget_(budget) {
   Impl& im = *impl_;
-  uint64_t mb = budget.limit() / block_bytes_;
+  const size_t block_bytes = this->block_bytes();
+  uint64_t mb = budget.limit() / block_bytes;
   im.max_blocks = mb < kMaxBlocks ? mb : kMaxBlocks;
-  uint64_t bps = (kSlabTargetBytes + block_bytes_ - 1) / block_bytes_;
+  uint64_t bps = (kSlabTargetBytes + block_bytes - 1) / block_bytes;
   if (bps == 0) bps = 1;
   if (im.max_blocks > 0 && bps > im.max_blocks) bps = im.max_blocks;
   uint64_t n_slabs = (im.max_blocks + bps - 1) / bps;
@@ -141,13 +147,14 @@ BlockPool::BlockPool(size_t block_bytes, MemoryBudget& budget)
   im.blocks_per_slab = static_cast<uint32_t>(bps);
   im.n_slabs_max = static_cast<uint32_t>(n_slabs);
   im.slabs = std::make_unique<Impl::Slab[]>(n_slabs);
+  part_stride_ = (static_cast<size_t>(bps) * part_bytes_ + 63) & ~size_t{63};
 }
 
 BlockPool::~BlockPool() {
   Impl& im = *impl_;
   // Blocks still held (a leak elsewhere) must not keep the budget's bytes.
   size_t still = im.in_use.load();
-  if (still) budget_.release(static_cast<uint64_t>(still) * block_bytes_);
+  if (still) budget_.release(static_cast<uint64_t>(still) * block_bytes());
   for (uint32_t s = 0; s < im.n_slabs; ++s) {
     Impl::Slab& sl = im.slabs[s];
     uint8_t* mem = sl.mem.load();
@@ -159,11 +166,11 @@ BlockPool::~BlockPool() {
 bool BlockPool::alloc(uint32_t n, uint32_t* ids) {
   if (n == 0) return true;
   Impl& im = *impl_;
-  uint64_t bytes = static_cast<uint64_t>(n) * block_bytes_;
+  uint64_t bytes = static_cast<uint64_t>(n) * block_bytes();
   if (!budget_.try_reserve(bytes)) return false;
   std::lock_guard<std::mutex> lock(im.mu);
   while (im.free_ids.size() < n) {
-    if (!im.grow(block_bytes_)) {
+    if (!im.grow(part_bytes_, n_parts_, part_stride_)) {
       budget_.release(bytes);
       return false;
     }
@@ -207,7 +214,7 @@ void BlockPool::release(uint32_t id) {
     im.free_ids.push_back(id);  // capacity reserved when its slab was added
     im.in_use.fetch_sub(1, std::memory_order_relaxed);
   }
-  budget_.release(block_bytes_);
+  budget_.release(block_bytes());
 }
 
 uint32_t BlockPool::refcount(uint32_t id) const {
@@ -222,7 +229,7 @@ uint8_t* BlockPool::data(uint32_t id) const {
   uint8_t* mem = im.slabs[s].mem.load(std::memory_order_acquire);
   uint32_t i = id - s * im.blocks_per_slab;
   if (!mem || i >= im.slab_blocks(s)) return nullptr;
-  return mem + static_cast<size_t>(i) * block_bytes_;
+  return mem + static_cast<size_t>(i) * part_bytes_;
 }
 
 size_t BlockPool::blocks_in_use() const { return impl_->in_use.load(std::memory_order_relaxed); }

@@ -26,14 +26,22 @@ class MemoryBudget {
   const uint64_t limit_;
 };
 
-// Hands out blocks of one byte size. Thread-safe. Block ids are dense
-// (0, 1, ...) and a block's memory never moves while the pool lives.
+// Hands out blocks of one shape: n_parts parts of part_bytes each (a KV
+// block's parts are its layers). Thread-safe. Block ids are dense (0, 1, ...)
+// and a block's memory never moves while the pool lives.
+//
+// A slab of B blocks keeps part p of all its blocks side by side:
+// [part 0 of blocks 0..B-1][part 1 of blocks 0..B-1]..., each run padded to
+// 64 bytes. One layer's attention then reads runs of neighbouring blocks'
+// parts (a block's whole K/V for one layer) instead of one part per block
+// spread a whole block apart, which lets the hardware prefetchers and the
+// DRAM pages work (docs/benchmarks.md, "A layer-major pool").
 class BlockPool {
  public:
   static constexpr uint32_t kNoBlock = UINT32_MAX;
 
-  // `block_bytes` is rounded up to 64 for alignment of every block.
-  BlockPool(size_t block_bytes, MemoryBudget& budget);
+  // part_bytes 0 is taken as 1; n_parts 0 as 1.
+  BlockPool(size_t part_bytes, uint32_t n_parts, MemoryBudget& budget);
   ~BlockPool();
   BlockPool(const BlockPool&) = delete;
   BlockPool& operator=(const BlockPool&) = delete;
@@ -46,18 +54,27 @@ class BlockPool {
   void release(uint32_t id);
   uint32_t refcount(uint32_t id) const;
 
+  // Part 0 of block `id`; part p is at data(id) + p * part_stride().
   uint8_t* data(uint32_t id) const;
-  size_t block_bytes() const { return block_bytes_; }
+  // Bytes a block holds and the budget counts: n_parts * part_bytes.
+  size_t block_bytes() const { return part_bytes_ * n_parts_; }
+  size_t part_bytes() const { return part_bytes_; }
+  uint32_t n_parts() const { return n_parts_; }
+  // From one part of a block to its next (a multiple of 64).
+  size_t part_stride() const { return part_stride_; }
   const MemoryBudget& budget() const { return budget_; }
   size_t blocks_in_use() const;
-  // Bytes of slabs held from the system.
+  // Bytes of block memory the slabs held from the system provide (blocks
+  // they can hold x block_bytes).
   size_t reserved_bytes() const;
 
  private:
   // ... implementation-defined: slabs, free list, refcounts
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  size_t block_bytes_;
+  size_t part_bytes_;
+  uint32_t n_parts_;
+  size_t part_stride_ = 0;
   MemoryBudget& budget_;
 };
 

@@ -8,13 +8,23 @@
 
 namespace kvrt {
 
+void BlockRuns::gather(uint8_t* dst) const {
+  for (uint32_t i = 0; i < n_parts; ++i) std::memcpy(dst + i * part_bytes, part(i), part_bytes);
+}
+
+void BlockRuns::scatter(const uint8_t* src) const {
+  for (uint32_t i = 0; i < n_parts; ++i) std::memcpy(part(i), src + i * part_bytes, part_bytes);
+}
+
 KvCache::KvCache(BlockPool& pool, const kvrt_k::KvLayout& layout, uint32_t n_ctx)
     : pool_(pool), layout_(layout), n_ctx_(n_ctx) {
   if (layout.block_tokens == 0)
     fail(KVRT_ERR_INVALID_ARGUMENT, "KV layout: block_tokens is 0");
-  if (layout.block_bytes > pool.block_bytes())
-    fail(KVRT_ERR_INVALID_ARGUMENT, "KV layout: block of %zu bytes exceeds the pool's %zu",
-         layout.block_bytes, pool.block_bytes());
+  if (layout.layer_bytes != pool.part_bytes() || layout.n_layer != pool.n_parts())
+    fail(KVRT_ERR_INVALID_ARGUMENT,
+         "KV layout: %u layers of %zu bytes, but the pool's blocks are %u parts of %zu bytes",
+         layout.n_layer, layout.layer_bytes, pool.n_parts(), pool.part_bytes());
+  layout_.layer_stride = pool.part_stride();
   // Sized once so that reserve() never reallocates the table after taking
   // blocks (no leak on bad_alloc) and block_ptrs() stays put.
   size_t max_blocks = (static_cast<size_t>(n_ctx) + layout.block_tokens - 1) / layout.block_tokens;
@@ -82,7 +92,8 @@ void KvCache::reserve(uint32_t n) {
     uint32_t old = ids_[i];
     uint32_t id = got[k];
     uint8_t* dst = pool_.data(id);
-    std::memcpy(dst, ptrs_[i], layout_.block_bytes);
+    for (uint32_t l = 0; l < layout_.n_layer; ++l)
+      std::memcpy(dst + l * layout_.layer_stride, ptrs_[i] + l * layout_.layer_stride, layout_.layer_bytes);
     pool_.release(old);
     ids_[i] = id;
     ptrs_[i] = dst;

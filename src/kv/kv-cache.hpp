@@ -9,15 +9,41 @@
 
 namespace kvrt {
 
+// Where one block's bytes are: n_parts runs of part_bytes, stride apart. A
+// block in one piece (a snapshot's, the stage) is one run. Byte o of the
+// block in its contiguous form (the order of kv-layout.h with layer_stride =
+// layer_bytes: what snapshots store) is at
+// base + (o / part_bytes) * stride + o % part_bytes.
+struct BlockRuns {
+  uint8_t* base;
+  size_t part_bytes;
+  size_t stride;
+  uint32_t n_parts;
+
+  static BlockRuns whole(uint8_t* p, size_t bytes) { return {p, bytes, bytes, 1}; }
+  size_t bytes() const { return part_bytes * n_parts; }
+  uint8_t* part(uint32_t i) const { return base + i * stride; }
+  // Copies the block out to / in from its contiguous form.
+  void gather(uint8_t* dst) const;
+  void scatter(const uint8_t* src) const;
+};
+
 class KvCache {
  public:
-  // `layout.block_bytes` must not exceed pool.block_bytes().
+  // The pool's blocks must have the layout's shape (a part per layer of
+  // layout.layer_bytes); layout().layer_stride is the pool's part stride.
   KvCache(BlockPool& pool, const kvrt_k::KvLayout& layout, uint32_t n_ctx);
   ~KvCache();  // releases every block
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
 
   const kvrt_k::KvLayout& layout() const { return layout_; }
+  // The layout of a block in its contiguous form (BlockRuns::gather).
+  kvrt_k::KvLayout stored_layout() const {
+    kvrt_k::KvLayout l = layout_;
+    l.layer_stride = l.layer_bytes;
+    return l;
+  }
   uint32_t n_tokens() const { return n_tokens_; }
   uint32_t n_ctx() const { return n_ctx_; }
   uint32_t n_blocks() const { return static_cast<uint32_t>(ids_.size()); }
@@ -42,6 +68,11 @@ class KvCache {
   // reserve or truncate).
   const uint8_t* const* block_ptrs() const { return ptrs_.data(); }
   uint8_t* block_ptr(uint32_t logical) const { return ptrs_[logical]; }
+  // The runs of logical block `logical` (layer parts, layout().layer_stride
+  // apart).
+  BlockRuns block_runs(uint32_t logical) const {
+    return {ptrs_[logical], layout_.layer_bytes, layout_.layer_stride, layout_.n_layer};
+  }
   const std::vector<uint32_t>& block_ids() const { return ids_; }
   uint64_t bytes() const { return static_cast<uint64_t>(ids_.size()) * layout_.block_bytes; }
 

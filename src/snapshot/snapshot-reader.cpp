@@ -368,25 +368,41 @@ void set_unit_rule(Reader& r, const Header& H, const char* name, uint32_t* kv_wi
 }
 
 // Reads a sectioned run of n_blocks blocks of bb bytes, stored whole or as
-// byte planes across all blocks, into the blocks block(b) points to.
+// byte planes across all blocks, into the blocks block(b) names (each in
+// runs, as the pool keeps them; the stored form is the contiguous one).
 void read_blocks(Reader& r, uint32_t id, uint32_t n_blocks, size_t bb, const uint32_t& width,
-                 const std::function<uint8_t*(uint32_t)>& block) {
+                 const std::function<BlockRuns(uint32_t)>& block) {
   uint32_t flags = 0;
   uint64_t unit_index = 0;
   std::vector<uint8_t> stored(bb);
   r.section(id, &flags, uint64_t(n_blocks) * bb, stored.data(),
             [&](uint8_t* p, size_t n, Hasher&) {
               const uint64_t j = unit_index / n_blocks;  // plane
-              uint8_t* dst = block(static_cast<uint32_t>(unit_index % n_blocks));
+              const BlockRuns dst = block(static_cast<uint32_t>(unit_index % n_blocks));
               ++unit_index;
+              if (dst.bytes() != bb || n != (width ? bb / width : bb))
+                fail(KVRT_ERR_INTERNAL, "a block of %zu bytes read as %zu (unit %zu)", bb, dst.bytes(), n);
               if (!width) {
-                std::memcpy(dst, p, n);
+                dst.scatter(p);
                 return;
               }
-              for (size_t i = 0; i < n; ++i) dst[i * width + j] = p[i];
+              // A part of w-byte elements holds whole elements, so plane j
+              // of part k is bytes [k, k + 1) * part_bytes / w of the plane.
+              // (bb is a multiple of width: set_unit_rule.)
+              const size_t per = dst.part_bytes / width;
+              if (dst.part_bytes % width)
+                fail(KVRT_ERR_INTERNAL, "parts of %zu bytes do not hold %u-byte elements", dst.part_bytes, width);
+              for (uint32_t k = 0; k < dst.n_parts; ++k) {
+                uint8_t* d = dst.part(k);
+                const uint8_t* src = p + k * per;
+                for (size_t i = 0; i < per; ++i) d[i * width + j] = src[i];
+              }
             },
             [&](Hasher& hash) {
-              for (uint32_t b = 0; b < n_blocks; ++b) hash.update(block(b), bb);
+              for (uint32_t b = 0; b < n_blocks; ++b) {
+                const BlockRuns src = block(b);
+                for (uint32_t k = 0; k < src.n_parts; ++k) hash.update(src.part(k), src.part_bytes);
+              }
             });
 }
 
@@ -457,12 +473,16 @@ std::unique_ptr<Session> read_snapshot(std::shared_ptr<const LoadedModel> model,
   if (H.staged) {
     // The reserved pool block of the unfinished tail is written only when it
     // fills; clear it so that no other session's bytes remain there.
-    if (H.n_tokens % H.bt) std::memset(s->import_block(H.n_kv_blocks), 0, bb);
+    if (H.n_tokens % H.bt) {
+      const BlockRuns tail = s->import_block(H.n_kv_blocks);
+      for (uint32_t k = 0; k < tail.n_parts; ++k) std::memset(tail.part(k), 0, tail.part_bytes);
+    }
     if (s->kv_stage().size() != H.stage_lay.block_bytes)
       fail(KVRT_ERR_INTERNAL, "session stage holds %zu bytes, the snapshot's %zu", s->kv_stage().size(),
            H.stage_lay.block_bytes);
     uint8_t* stage = s->import_stage();
-    read_blocks(r, kSectionStage, 1, H.stage_lay.block_bytes, stage_width, [stage](uint32_t) { return stage; });
+    const size_t sb = H.stage_lay.block_bytes;
+    read_blocks(r, kSectionStage, 1, sb, stage_width, [stage, sb](uint32_t) { return BlockRuns::whole(stage, sb); });
   }
   read_end(r, name);
   s->finish_import(std::move(tokens));
@@ -509,7 +529,7 @@ void inspect_snapshot(const LoadedModel* model, Source& src, const char* name, k
   std::vector<std::unique_ptr<uint8_t[]>> blocks;
   read_blocks(r, kSectionKv, H.n_kv_blocks, bb, kv_width, [&](uint32_t b) {
     while (blocks.size() <= b) blocks.emplace_back(new uint8_t[bb]);
-    return blocks[b].get();
+    return BlockRuns::whole(blocks[b].get(), bb);
   });
   info->kv_plane_width = kv_width;
   info->kv_raw_bytes = uint64_t(H.n_kv_blocks) * bb;
@@ -517,7 +537,8 @@ void inspect_snapshot(const LoadedModel* model, Source& src, const char* name, k
   blocks.clear();
   if (H.staged) {
     std::vector<uint8_t> stage(H.stage_lay.block_bytes);
-    read_blocks(r, kSectionStage, 1, stage.size(), stage_width, [&](uint32_t) { return stage.data(); });
+    read_blocks(r, kSectionStage, 1, stage.size(), stage_width,
+                [&](uint32_t) { return BlockRuns::whole(stage.data(), stage.size()); });
     info->stage_raw_bytes = stage.size();
     info->stage_stored_bytes = r.last_stored_bytes_;
   }

@@ -160,7 +160,7 @@ void write_snapshot(Session& s, Sink& sink, const WriteOptions& opt) {
          ZSTD_minCLevel(), ZSTD_maxCLevel());
   CountingSink out(sink);
   const KvCache& kv = s.kv();
-  const kvrt_k::KvLayout& lay = kv.layout();
+  const kvrt_k::KvLayout lay = kv.stored_layout();
   const uint32_t n_tokens = kv.n_tokens();
   // A quantized cache keeps its unfinished block in an f16 stage: the KV
   // section then holds only the full blocks, and a stage section follows.
@@ -204,7 +204,7 @@ void write_snapshot(Session& s, Sink& sink, const WriteOptions& opt) {
     const size_t passes = width ? width : 1;
     for (size_t j = 0; j < passes; ++j)
       for (uint32_t b = 0; b < n_blocks; ++b) {
-        std::memcpy(raw.data(), kv.block_ptrs()[b], bb);
+        kv.block_runs(b).gather(raw.data());
         const uint32_t used = std::min<uint32_t>(lay.block_tokens, n_tokens - b * lay.block_tokens);
         if (used < lay.block_tokens) {
           // Positions past the last token hold leftovers (a rewind, an aborted

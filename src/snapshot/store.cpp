@@ -568,7 +568,7 @@ void Store::save(Session& s, const std::string& name, const WriteOptions& opt, S
     fail(KVRT_ERR_INVALID_ARGUMENT, "compression_level = %d is outside zstd's range %d..%d", opt.level,
          ZSTD_minCLevel(), ZSTD_maxCLevel());
   const KvCache& kv = s.kv();
-  const kvrt_k::KvLayout& lay = kv.layout();
+  const kvrt_k::KvLayout lay = kv.stored_layout();
   const uint32_t n_tokens = kv.n_tokens();
   const uint32_t bt = lay.block_tokens;
   const uint32_t n_full = n_tokens / bt;
@@ -586,7 +586,7 @@ void Store::save(Session& s, const std::string& name, const WriteOptions& opt, S
   // store lacks, as whole records, after the pack's end.
   std::vector<TableEntry> table(n_full);
   std::unordered_map<BlockKey, BlockLoc, BlockKeyHash> added;
-  std::vector<uint8_t> buf, planes;
+  std::vector<uint8_t> buf, planes, whole(bb);
   const uint64_t start = pack_size_;
   uint64_t end = start;
   auto flush = [&] {
@@ -598,7 +598,8 @@ void Store::save(Session& s, const std::string& name, const WriteOptions& opt, S
   };
   try {
     for (uint32_t b = 0; b < n_full; ++b) {
-      const uint8_t* p = kv.block_ptrs()[b];
+      kv.block_runs(b).gather(whole.data());
+      const uint8_t* p = whole.data();
       const BlockKey key = block_key(p, bb);
       table[b].key = key;
       if (auto it = index_.find(key); it != index_.end()) {
@@ -670,7 +671,8 @@ void Store::save(Session& s, const std::string& name, const WriteOptions& opt, S
   } else if (n_tokens % bt) {
     // The partial block changes with every token: it lives in the manifest,
     // positions past the last token zeroed as in a snapshot.
-    tail.assign(kv.block_ptrs()[n_full], kv.block_ptrs()[n_full] + bb);
+    tail.resize(bb);
+    kv.block_runs(n_full).gather(tail.data());
     const uint32_t used = n_tokens % bt;
     const size_t ek = kvrt_k::kv_elem_bytes(lay.k_format), ev = kvrt_k::kv_elem_bytes(lay.v_format);
     for (uint32_t l = 0; l < lay.n_layer; ++l)
@@ -806,15 +808,22 @@ std::unique_ptr<Session> Store::load(std::shared_ptr<const LoadedModel> model, c
   if (!dctx) fail(KVRT_ERR_OUT_OF_MEMORY, "cannot create a zstd decompression context");
   std::vector<uint8_t> rec, planes;
   const uint32_t n_full = static_cast<uint32_t>(m.table.size());
-  for (uint32_t b = 0; b < n_full; ++b) read_block(m, name.c_str(), b, s->import_block(b), rec, planes, dctx.get());
   const size_t bb = H.lay.block_bytes;
+  std::vector<uint8_t> whole(bb);
+  for (uint32_t b = 0; b < n_full; ++b) {
+    read_block(m, name.c_str(), b, whole.data(), rec, planes, dctx.get());
+    s->import_block(b).scatter(whole.data());
+  }
   if (H.staged) {
-    if (H.n_tokens % H.bt) std::memset(s->import_block(n_full), 0, bb);  // written only when the tail fills
+    if (H.n_tokens % H.bt) {  // written only when the tail fills
+      std::memset(whole.data(), 0, bb);
+      s->import_block(n_full).scatter(whole.data());
+    }
     if (s->kv_stage().size() != m.tail.size())
       fail(KVRT_ERR_INTERNAL, "session stage holds %zu bytes, the manifest's %zu", s->kv_stage().size(), m.tail.size());
     std::memcpy(s->import_stage(), m.tail.data(), m.tail.size());
   } else if (!m.tail.empty()) {
-    std::memcpy(s->import_block(n_full), m.tail.data(), bb);
+    s->import_block(n_full).scatter(m.tail.data());
   }
   s->finish_import(std::move(m.tokens));
   s->sampler().configure(H.sc);

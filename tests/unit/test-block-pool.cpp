@@ -47,12 +47,14 @@ void test_budget_reserve(void**) {
 
 void test_alloc_release_refcount(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(1000, budget);
-  assert_int_equal(pool.block_bytes(), 1024);  // rounded up to 64
+  BlockPool pool(500, 2, budget);
+  assert_int_equal(pool.block_bytes(), 1000);  // what the budget counts: no padding
+  assert_int_equal(pool.part_bytes(), 500);
+  assert_int_equal(pool.n_parts(), 2);
   uint32_t ids[3];
   assert_true(pool.alloc(3, ids));
   assert_int_equal(pool.blocks_in_use(), 3);
-  assert_int_equal(budget.used(), 3 * 1024);
+  assert_int_equal(budget.used(), 3 * 1000);
   assert_true(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
   for (uint32_t id : ids) assert_int_equal(pool.refcount(id), 1);
 
@@ -64,7 +66,7 @@ void test_alloc_release_refcount(void**) {
   pool.release(ids[1]);
   assert_int_equal(pool.refcount(ids[1]), 0);
   assert_int_equal(pool.blocks_in_use(), 2);
-  assert_int_equal(budget.used(), 2 * 1024);
+  assert_int_equal(budget.used(), 2 * 1000);
   pool.release(ids[0]);
   pool.release(ids[2]);
   assert_int_equal(pool.blocks_in_use(), 0);
@@ -78,19 +80,24 @@ void test_alloc_release_refcount(void**) {
 void test_capacity_exact(void**) {
   struct Case {
     uint64_t budget;
-    size_t block;
+    size_t part;
+    uint32_t n_parts;
   } cases[] = {
-      {10 * 1024 + 5, 1024},             // small: one partial slab
-      {(8u << 20) + 4095, 4096},         // several 2 MiB slabs
-      {(5u << 20) + 100, 3000},          // block not a multiple of 64, slab not a multiple of block
-      {(7u << 20), (3u << 20) + 1},      // blocks larger than a slab target
-      {64, 64},                          // exactly one block
+      {10 * 1024 + 5, 1024, 1},          // small: one partial slab
+      {(8u << 20) + 4095, 4096, 1},      // several 2 MiB slabs
+      {(5u << 20) + 100, 3000, 1},       // block not a multiple of 64, slab not a multiple of block
+      {(7u << 20), (3u << 20) + 1, 1},   // blocks larger than a slab target
+      {64, 64, 1},                       // exactly one block
+      {(6u << 20) + 999, 1056, 5},       // parts: a short last slab
+      {(3u << 20) + 1, 333, 12},         // odd parts
+      {(7u << 20), (1u << 20) + 3, 3},   // parts larger than a slab target
   };
   for (const Case& c : cases) {
     MemoryBudget budget(c.budget);
-    BlockPool pool(c.block, budget);
+    BlockPool pool(c.part, c.n_parts, budget);
     size_t s = pool.block_bytes();
-    assert_int_equal(s % 64, 0);
+    assert_int_equal(s, c.part * c.n_parts);
+    assert_int_equal(pool.part_stride() % 64, 0);
     std::vector<uint32_t> ids = drain(pool);
     assert_int_equal(ids.size(), c.budget / s);
     assert_int_equal(pool.blocks_in_use(), c.budget / s);
@@ -105,7 +112,7 @@ void test_capacity_exact(void**) {
 
 void test_all_or_nothing(void**) {
   MemoryBudget budget(10 * 256);
-  BlockPool pool(256, budget);
+  BlockPool pool(256, 1, budget);
   uint32_t ids[16];
   assert_true(pool.alloc(7, ids));
   uint32_t more[4] = {BlockPool::kNoBlock, BlockPool::kNoBlock, BlockPool::kNoBlock,
@@ -125,8 +132,8 @@ void test_all_or_nothing(void**) {
 
 void test_shared_budget_two_pools(void**) {
   MemoryBudget budget(10000);
-  BlockPool a(1000, budget);  // 1024-byte blocks
-  BlockPool b(200, budget);   // 256-byte blocks
+  BlockPool a(512, 2, budget);  // 1024-byte blocks
+  BlockPool b(64, 4, budget);   // 256-byte blocks
   uint32_t ida[16], idb[64];
   assert_true(a.alloc(5, ida));  // 5120 used
   assert_int_equal(budget.used(), 5120);
@@ -152,7 +159,7 @@ void test_shared_budget_two_pools(void**) {
 
 void test_reuse_freed(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(4096, budget);
+  BlockPool pool(4096, 1, budget);
   uint32_t ids[32];
   assert_true(pool.alloc(32, ids));
   size_t reserved = pool.reserved_bytes();
@@ -166,28 +173,54 @@ void test_reuse_freed(void**) {
   for (int i = 0; i < 32; ++i) pool.release(ids[i]);
 }
 
-// Every block is 64-aligned, block-sized and disjoint from the others: a
-// pattern written to each whole block survives writes to all the others.
-void test_pointers_layout(void**) {
-  MemoryBudget budget((9u << 20) + 7);
-  BlockPool pool(100000, budget);  // several blocks per slab, several slabs
-  std::vector<uint32_t> ids = drain(pool);
-  assert_true(ids.size() > 40);
-  size_t s = pool.block_bytes();
-  std::vector<uint8_t*> ptrs;
+// Every block's parts are part-sized, part_stride apart and disjoint from
+// all other blocks' parts: a pattern written to every part of every block
+// survives writes to all the others. With parts a multiple of 64 bytes,
+// every part is 64-aligned.
+void check_parts(BlockPool& pool, const std::vector<uint32_t>& ids, std::vector<uint8_t*>& ptrs) {
+  const size_t pb = pool.part_bytes(), st = pool.part_stride();
+  assert_int_equal(st % 64, 0);
+  assert_true(st >= pb);
+  auto val = [](uint32_t id, uint32_t part, size_t j) { return static_cast<uint8_t>(id * 31 + part * 13 + j * 7 + 1); };
   for (uint32_t id : ids) {
     uint8_t* p = pool.data(id);
     assert_non_null(p);
-    assert_int_equal(reinterpret_cast<uintptr_t>(p) % 64, 0);
-    for (size_t j = 0; j < s; ++j) p[j] = static_cast<uint8_t>(id * 31 + j * 7 + 1);
+    if (pb % 64 == 0) assert_int_equal(reinterpret_cast<uintptr_t>(p) % 64, 0);
+    for (uint32_t k = 0; k < pool.n_parts(); ++k)
+      for (size_t j = 0; j < pb; ++j) p[k * st + j] = val(id, k, j);
     ptrs.push_back(p);
   }
-  for (size_t k = 0; k < ids.size(); ++k) {
-    assert_ptr_equal(pool.data(ids[k]), ptrs[k]);  // stable
-    const uint8_t* p = ptrs[k];
-    for (size_t j = 0; j < s; ++j)
-      if (p[j] != static_cast<uint8_t>(ids[k] * 31 + j * 7 + 1)) fail_msg("block %u clobbered at %zu", ids[k], j);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    assert_ptr_equal(pool.data(ids[i]), ptrs[i]);  // stable
+    for (uint32_t k = 0; k < pool.n_parts(); ++k)
+      for (size_t j = 0; j < pb; ++j)
+        if (ptrs[i][k * st + j] != val(ids[i], k, j)) fail_msg("block %u part %u clobbered at %zu", ids[i], k, j);
   }
+  // Parts of neighbouring ids in a slab are back to back: one layer's parts
+  // of consecutive blocks form one run.
+  std::set<uint32_t> have(ids.begin(), ids.end());
+  size_t adjacent = 0;
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (have.count(ids[i] + 1) && pool.data(ids[i] + 1) == ptrs[i] + pb) ++adjacent;
+  assert_true(adjacent >= ids.size() / 2);
+}
+
+void test_pointers_layout(void**) {
+  {
+    MemoryBudget budget((5u << 20) + 7);
+    BlockPool pool(333, 7, budget);  // odd parts, a short last slab
+    std::vector<uint32_t> ids = drain(pool);
+    std::vector<uint8_t*> ptrs;
+    assert_true(ids.size() > 2000);
+    check_parts(pool, ids, ptrs);
+    for (uint32_t id : ids) pool.release(id);
+  }
+  MemoryBudget budget((9u << 20) + 7);
+  BlockPool pool(25024, 4, budget);  // several blocks per slab, several slabs
+  std::vector<uint32_t> ids = drain(pool);
+  assert_true(ids.size() > 40);
+  std::vector<uint8_t*> ptrs;
+  check_parts(pool, ids, ptrs);
   // Releasing and reallocating keeps the other blocks' memory where it was.
   pool.release(ids[3]);
   uint32_t again;
@@ -200,7 +233,7 @@ void test_pointers_layout(void**) {
 
 void test_budget_below_one_block(void**) {
   MemoryBudget budget(4000);
-  BlockPool pool(4096, budget);
+  BlockPool pool(4096, 1, budget);
   uint32_t id = BlockPool::kNoBlock;
   assert_false(pool.alloc(1, &id));
   assert_int_equal(id, BlockPool::kNoBlock);
@@ -214,7 +247,7 @@ void test_budget_below_one_block(void**) {
 void test_bad_release_ignored(void**) {
 #ifdef NDEBUG
   MemoryBudget budget(8 * 128);
-  BlockPool pool(128, budget);
+  BlockPool pool(128, 1, budget);
   uint32_t ids[8];
   assert_true(pool.alloc(2, ids));
   pool.release(ids[1]);
@@ -245,7 +278,7 @@ void test_concurrent(void**) {
   constexpr int kIters = 100000;
   constexpr uint32_t kBlocks = 24;  // fewer than 4 threads may hold: exhaustion happens
   MemoryBudget budget(kBlocks * 512);
-  BlockPool pool(512, budget);
+  BlockPool pool(128, 4, budget);
   std::atomic<int> errors{0};
   std::atomic<int> refusals{0};
   auto worker = [&](int t) {
@@ -257,9 +290,11 @@ void test_concurrent(void**) {
       if (pool.alloc(n, ids)) {
         for (uint32_t i = 0; i < n; ++i) {
           uint32_t* p = reinterpret_cast<uint32_t*>(pool.data(ids[i]));
+          uint32_t* last = reinterpret_cast<uint32_t*>(pool.data(ids[i]) + 3 * pool.part_stride());
           p[0] = ids[i];
           p[1] = static_cast<uint32_t>(t);
-          p[127] = static_cast<uint32_t>(it);
+          last[31] = ids[i] ^ static_cast<uint32_t>(it);
+          last[30] = static_cast<uint32_t>(it);
           if (rng() % 4 == 0) {  // a second reference, dropped later
             pool.retain(ids[i]);
             held.push_back(ids[i]);
@@ -273,7 +308,8 @@ void test_concurrent(void**) {
         size_t k = rng() % held.size();
         uint32_t id = held[k];
         const uint32_t* p = reinterpret_cast<const uint32_t*>(pool.data(id));
-        if (p[0] != id || p[1] != static_cast<uint32_t>(t)) errors.fetch_add(1);
+        const uint32_t* last = reinterpret_cast<const uint32_t*>(pool.data(id) + 3 * pool.part_stride());
+        if (p[0] != id || p[1] != static_cast<uint32_t>(t) || (last[31] ^ last[30]) != id) errors.fetch_add(1);
         held[k] = held.back();
         held.pop_back();
         pool.release(id);
@@ -288,7 +324,7 @@ void test_concurrent(void**) {
   assert_int_equal(errors.load(), 0);
   assert_int_equal(pool.blocks_in_use(), 0);
   assert_int_equal(budget.used(), 0);
-  assert_true(pool.reserved_bytes() <= kBlocks * 512);
+  assert_true(pool.reserved_bytes() <= kBlocks * 512);  // 4 parts of 128
   assert_true(refusals.load() > 0);  // the budget really was contended
   // Every block is free and distinct again.
   std::vector<uint32_t> all = drain(pool);

@@ -42,6 +42,14 @@ uint32_t* slot(const KvCache& c, uint32_t p) {
   return reinterpret_cast<uint32_t*>(c.block_ptr(p / kBt) + (p % kBt) * c.layout().head_dim * 4);
 }
 
+// The same for the last layer's last head's values, in the block's last
+// part (one pool stride past the first).
+uint32_t* slot_last(const KvCache& c, uint32_t p) {
+  const kvrt_k::KvLayout& l = c.layout();
+  return reinterpret_cast<uint32_t*>(c.block_ptr(p / kBt) + kvrt_k::kv_v_offset(l, l.n_layer - 1, l.n_head_kv - 1) +
+                                     (p % kBt) * l.head_dim * 4);
+}
+
 // Runs f, which must throw kvrt::Error with `status`; returns the message.
 template <class F>
 std::string expect_error(kvrt_status status, F f) {
@@ -67,11 +75,14 @@ void check_table(const KvCache& c, const BlockPool& pool) {
   }
   assert_int_equal(uniq.size(), c.n_blocks());
   assert_int_equal(c.bytes(), uint64_t{c.n_blocks()} * c.layout().block_bytes);
+  // Kernels reach layer l at l * layer_stride: the pool's part stride.
+  assert_int_equal(c.layout().layer_stride, pool.part_stride());
+  assert_int_equal(c.stored_layout().layer_stride, c.layout().layer_bytes);
 }
 
 void test_sequences_vs_model(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(1024, budget);
+  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
   const uint32_t n_ctx = 101;
   std::mt19937 rng(7);
   for (int trial = 0; trial < 20; ++trial) {
@@ -118,7 +129,7 @@ void test_sequences_vs_model(void**) {
 
 void test_context_full_unchanged(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(1024, budget);
+  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
   KvCache c(pool, small_layout(), 10);
   c.reserve(7);
   c.commit(7);
@@ -138,7 +149,7 @@ void test_context_full_unchanged(void**) {
 
 void test_out_of_memory_unchanged(void**) {
   MemoryBudget budget(3 * 1024 + 1000);  // three blocks
-  BlockPool pool(1024, budget);
+  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
   KvCache c(pool, small_layout(), 1000);
   c.reserve(5);
   c.commit(5);
@@ -166,7 +177,7 @@ void test_out_of_memory_unchanged(void**) {
 
 void test_misuse_errors(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(1024, budget);
+  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
   KvCache c(pool, small_layout(), 64);
   c.reserve(3);
   expect_error(KVRT_ERR_OUT_OF_RANGE, [&] { c.commit(5); });  // only one block reserved
@@ -183,18 +194,61 @@ void test_misuse_errors(void**) {
   c.truncate(0);
   assert_int_equal(c.n_blocks(), 0);
   assert_int_equal(pool.blocks_in_use(), 0);
-  // A layout larger than the pool's blocks is refused.
-  kvrt_k::KvLayout big;
+  // A layout of another shape than the pool's blocks is refused: more
+  // layers, or the same bytes in parts of another size.
+  kvrt_k::KvLayout big, regrouped;
   kvrt_k::kv_layout_init(&big, 4, 2, 8, kBt, kvrt_k::KV_F32, kvrt_k::KV_F32);
-  expect_error(KVRT_ERR_INVALID_ARGUMENT, [&] { KvCache bad(pool, big, 64); });
+  kvrt_k::kv_layout_init(&regrouped, 1, 4, 8, kBt, kvrt_k::KV_F32, kvrt_k::KV_F32);
+  assert_int_equal(regrouped.block_bytes, small_layout().block_bytes);
+  std::string msg = expect_error(KVRT_ERR_INVALID_ARGUMENT, [&] { KvCache bad(pool, big, 64); });
+  assert_non_null(strstr(msg.c_str(), "4 layers of 512 bytes"));
+  expect_error(KVRT_ERR_INVALID_ARGUMENT, [&] { KvCache bad(pool, regrouped, 64); });
+}
+
+// A block's one-piece form (snapshots) against its parts in the pool:
+// gather puts contiguous byte o at part o / layer_bytes, offset
+// o % layer_bytes, and scatter puts it back; the blocks around are untouched.
+void test_block_runs(void**) {
+  MemoryBudget budget(1 << 20);
+  kvrt_k::KvLayout lay;
+  kvrt_k::kv_layout_init(&lay, 5, 3, 8, kBt, kvrt_k::KV_F16, kvrt_k::KV_F32);  // 5 parts of 576 bytes
+  BlockPool pool(lay.layer_bytes, lay.n_layer, budget);
+  KvCache c(pool, lay, 64);
+  c.reserve(3 * kBt);
+  c.commit(3 * kBt);
+  assert_true(c.layout().layer_stride > lay.layer_bytes);  // several blocks per slab
+  const size_t bb = lay.block_bytes, lb = lay.layer_bytes, st = c.layout().layer_stride;
+  for (uint32_t b = 0; b < 3; ++b)
+    for (uint32_t l = 0; l < lay.n_layer; ++l)
+      for (size_t j = 0; j < lb; ++j) c.block_ptr(b)[l * st + j] = static_cast<uint8_t>(b * 101 + l * 37 + j);
+  std::vector<uint8_t> whole(bb);
+  const kvrt::BlockRuns runs = c.block_runs(1);
+  assert_int_equal(runs.bytes(), bb);
+  runs.gather(whole.data());
+  for (size_t o = 0; o < bb; ++o)
+    if (whole[o] != static_cast<uint8_t>(101 + (o / lb) * 37 + o % lb)) fail_msg("gathered byte %zu", o);
+  for (size_t o = 0; o < bb; ++o) whole[o] = static_cast<uint8_t>(o * 7 + 3);
+  runs.scatter(whole.data());
+  for (uint32_t b = 0; b < 3; ++b)
+    for (uint32_t l = 0; l < lay.n_layer; ++l)
+      for (size_t j = 0; j < lb; ++j) {
+        const uint8_t want = b == 1 ? static_cast<uint8_t>((l * lb + j) * 7 + 3) : static_cast<uint8_t>(b * 101 + l * 37 + j);
+        if (c.block_ptr(b)[l * st + j] != want) fail_msg("block %u layer %u byte %zu after scatter", b, l, j);
+      }
+  // The kernels' offsets go through the stride.
+  assert_int_equal(kvrt_k::kv_v_offset(c.layout(), 2, 1), 2 * st + 3 * lay.k_head_bytes + lay.v_head_bytes);
+  assert_int_equal(kvrt_k::kv_v_offset(c.stored_layout(), 2, 1), 2 * lb + 3 * lay.k_head_bytes + lay.v_head_bytes);
 }
 
 void test_copy_on_write(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(1024, budget);
+  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
   KvCache a(pool, small_layout(), 64);
   a.reserve(6);
-  for (uint32_t p = 0; p < 6; ++p) *slot(a, p) = tag(p, 9);
+  for (uint32_t p = 0; p < 6; ++p) {
+    *slot(a, p) = tag(p, 9);
+    *slot_last(a, p) = tag(p, 10);
+  }
   a.commit(6);
   {
     KvCache b(pool, small_layout(), 64);
@@ -214,7 +268,10 @@ void test_copy_on_write(void**) {
     assert_int_equal(pool.refcount(a.block_ids()[0]), 2);
     assert_int_equal(pool.blocks_in_use(), 3);
     check_table(b, pool);
-    for (uint32_t p = 0; p < 6; ++p) assert_int_equal(*slot(b, p), tag(p, 9));  // copied
+    for (uint32_t p = 0; p < 6; ++p) {  // copied, every layer
+      assert_int_equal(*slot(b, p), tag(p, 9));
+      assert_int_equal(*slot_last(b, p), tag(p, 10));
+    }
     *slot(b, 6) = 0xdeadbeef;
     b.commit(1);
     assert_int_equal(*slot(a, 6), a_slot6);  // a's block untouched
@@ -245,7 +302,7 @@ void test_copy_on_write(void**) {
 
 void test_copy_on_write_out_of_memory(void**) {
   MemoryBudget budget(2 * 1024);
-  BlockPool pool(1024, budget);
+  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
   KvCache a(pool, small_layout(), 64);
   a.reserve(6);
   a.commit(6);
@@ -266,7 +323,7 @@ void test_copy_on_write_out_of_memory(void**) {
 
 void test_destructor_returns_blocks(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(1024, budget);
+  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
   {
     KvCache c(pool, small_layout(), 1000);
     c.reserve(100);
@@ -285,6 +342,7 @@ int main(void) {
       cmocka_unit_test(test_context_full_unchanged),
       cmocka_unit_test(test_out_of_memory_unchanged),
       cmocka_unit_test(test_misuse_errors),
+      cmocka_unit_test(test_block_runs),
       cmocka_unit_test(test_copy_on_write),
       cmocka_unit_test(test_copy_on_write_out_of_memory),
       cmocka_unit_test(test_destructor_returns_blocks),
