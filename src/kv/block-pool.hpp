@@ -34,8 +34,7 @@ class MemoryBudget {
 // [part 0 of blocks 0..B-1][part 1 of blocks 0..B-1]..., each run padded to
 // 64 bytes. One layer's attention then reads runs of neighbouring blocks'
 // parts (a block's whole K/V for one layer) instead of one part per block
-// spread a whole block apart, which lets the hardware prefetchers and the
-// DRAM pages work (docs/benchmarks.md, "A layer-major pool").
+// spread a whole block apart (docs/benchmarks.md, "The layer-major pool").
 class BlockPool {
  public:
   static constexpr uint32_t kNoBlock = UINT32_MAX;

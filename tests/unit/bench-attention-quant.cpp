@@ -1,11 +1,14 @@
 // Benchmark (not a test): decode-step attention time of an f16 cache against
 // q8 and q4 caches, one query over a long context, through the CPU backend.
 // Built with the tests: build/tests/unit/bench-attention-quant.
-// Run:   bench-attention-quant [THREADS[,THREADS...] [DEPTH[,DEPTH...] [REPEATS [LAYERS [cold|warm [avx2]]]]]]
-// LAYERS (default 1): layers per block. The engine's blocks hold every layer
-// (12 for the synthetic model), so one layer's parts of successive blocks
-// are a block apart; with 1 they sit back to back, which flatters hardware
-// prefetch. The middle layer is timed. With `cold`, 256 MiB are read
+// Run:   bench-attention-quant [THREADS[,THREADS...] [DEPTH[,DEPTH...] [REPEATS [LAYERS [cold|warm [avx2|any [whole]]]]]]]
+// LAYERS (default 1): layers per block (12 for the synthetic model). The
+// blocks come from a block pool, which keeps one layer's parts of a slab's
+// blocks side by side, as in the engine. The middle layer is timed. With
+// `whole`, each format is also timed over blocks kept in one piece (all
+// layers of a block together, blocks back to back in one mapping: the
+// pool's layout before it went layer-major), interleaved with the pool's
+// in the same process so that both see the same load. With `cold`, 256 MiB are read
 // before each call, as a decode step's weight reads do between two layers'
 // attention, so the cache comes from memory rather than from the CPU's
 // caches (without it, a depth-4096 q8 layer, 2 MB, stays cached). With
@@ -19,14 +22,17 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <sys/mman.h>
+#include <cstring>
+#include <memory>
 #include <string>
+#include <sys/mman.h>
 #include <vector>
 
 #include "backend/backend.hpp"
 #include "kernels/common/kv-quant.h"
 #include "kernels/cpu/attention-quant.h"
 #include "kernels/cpu/cpu-kernels.h"
+#include "kv/block-pool.hpp"
 #include "util/thread-pool.hpp"
 
 using namespace kvrt_k;
@@ -46,8 +52,8 @@ double seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Block memory mapped like the pool's slabs (huge pages advised).
-struct Slab {
+// Blocks in one piece: one huge-page-advised mapping (the layout `whole`).
+struct Mapping {
   uint8_t* p = nullptr;
   size_t n = 0;
   void map(size_t bytes) {
@@ -56,40 +62,54 @@ struct Slab {
     if (p == MAP_FAILED) std::abort();
     madvise(p, n, MADV_HUGEPAGE);
   }
-  Slab() = default;
-  Slab(const Slab&) = delete;
-  Slab& operator=(const Slab&) = delete;
-  ~Slab() {
+  Mapping() = default;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() {
     if (p) munmap(p, n);
   }
 };
 
-// One cache of `depth` tokens in format fmt (q8/q4 blocks use an f16 stage
+// One cache of `depth` tokens in format fmt, its blocks taken from a block
+// pool as the engine's are, or in one piece (q8/q4 blocks use an f16 stage
 // for the tail, here empty because depth is a multiple of the block).
 struct Bench {
   KvLayout lay, stage_lay;
-  Slab slab;
+  std::unique_ptr<kvrt::MemoryBudget> budget;
+  std::unique_ptr<kvrt::BlockPool> pool;
+  Mapping whole;
   std::vector<const uint8_t*> ptrs;
   std::vector<uint8_t> stage;
   size_t bytes = 0;  // cache bytes one call reads
 };
 
-void fill(Bench& b, uint32_t fmt, uint32_t depth, uint32_t layers) {
+void fill(Bench& b, uint32_t fmt, uint32_t depth, uint32_t layers, bool whole) {
   kv_layout_init(&b.lay, layers, kKv, kHd, kBt, fmt, fmt);
   kv_layout_init(&b.stage_lay, layers, kKv, kHd, kBt, KV_F16, KV_F16);
   const uint32_t layer = layers / 2;
   const uint32_t n_blocks = (depth + kBt - 1) / kBt;
-  // One huge-page-advised mapping for all blocks, as the pool's slabs are,
-  // filled with codes of random data (the speed does not depend on them).
-  b.slab.map((size_t)n_blocks * b.lay.block_bytes);
+  std::vector<uint8_t*> blocks(n_blocks);
+  if (whole) {
+    b.whole.map((size_t)n_blocks * b.lay.block_bytes);
+    for (uint32_t i = 0; i < n_blocks; ++i) blocks[i] = b.whole.p + (size_t)i * b.lay.block_bytes;
+  } else {
+    b.budget = std::make_unique<kvrt::MemoryBudget>((uint64_t)n_blocks * b.lay.block_bytes);
+    b.pool = std::make_unique<kvrt::BlockPool>(b.lay.layer_bytes, layers, *b.budget);
+    b.lay.layer_stride = b.pool->part_stride();
+    std::vector<uint32_t> ids(n_blocks);
+    if (!b.pool->alloc(n_blocks, ids.data())) std::abort();
+    for (uint32_t i = 0; i < n_blocks; ++i) blocks[i] = b.pool->data(ids[i]);
+  }
+  // Every byte written, as in the engine, the timed layer with codes of
+  // random data (the speed does not depend on them).
   std::vector<float> rows((size_t)kBt * kHd);
   uint64_t r = 88172645463325252ull;
   auto rnd = [&] {
     r ^= r << 13; r ^= r >> 7; r ^= r << 17;
     return (float)((r >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
   };
-  for (uint32_t i = 0; i < n_blocks; ++i) {
-    uint8_t* blk = b.slab.p + (size_t)i * b.lay.block_bytes;
+  for (uint8_t* blk : blocks) {
+    for (uint32_t l = 0; l < layers; ++l) std::memset(blk + l * b.lay.layer_stride, 0, b.lay.layer_bytes);
     for (uint32_t h = 0; h < kKv; ++h) {
       for (auto& f : rows) f = rnd();
       if (fmt == KV_F16) {
@@ -151,22 +171,25 @@ int main(int argc, char** argv) {
   const uint32_t layers = argc > 4 ? (uint32_t)std::max(1, std::atoi(argv[4])) : 1;
   const bool cold = argc > 5 && std::string(argv[5]) == "cold";
   if (argc > 6 && std::string(argv[6]) == "avx2") cpu_isa_set(CpuIsa::avx2);
+  const int n_layouts = argc > 7 && std::string(argv[7]) == "whole" ? 2 : 1;
   std::vector<float> flush(cold ? (256u << 20) / sizeof(float) : 0, 1.0f);
   volatile float sink = 0.0f;
   volatile uint64_t read_sink[kKv];
   const uint32_t fmts[3] = {KV_F16, KV_Q8, KV_Q4};
   const char* names[3] = {"f16", "q8", "q4"};
+  const char* layout_names[2] = {"pool", "whole"};
   std::printf("%u heads / %u KV heads of %u, blocks of %u tokens x %u layer%s; medians of %d calls, formats interleaved%s; %s kernels\n",
               kHeads, kKv, kHd, kBt, layers, layers == 1 ? "" : "s", reps,
               cold ? ", caches flushed before each call" : "", cpu_isa_name(cpu_isa()));
-  std::printf("%3s %7s %4s %10s %8s %8s %9s %8s %8s\n", "thr", "depth", "kv", "us/layer", "GB/s",
+  std::printf("%3s %7s %4s %6s %10s %8s %8s %9s %8s %8s\n", "thr", "depth", "kv", "blocks", "us/layer", "GB/s",
               "vs f16", "read us", "read GB/s", "vs read");
   for (uint32_t nt : threads) {
     kvrt::ThreadPool pool(nt);
     kvrt::CpuBackend be(pool);
     for (uint32_t depth : depths) {
-      Bench b[3];
-      for (int f = 0; f < 3; ++f) fill(b[f], fmts[f], depth, layers);
+      const int nc = 3 * n_layouts;  // cache c: format c % 3, layout c / 3
+      Bench b[6];
+      for (int c = 0; c < nc; ++c) fill(b[c], fmts[c % 3], depth, layers, c >= 3);
       std::vector<float> q(kHeads * kHd), out(q.size());
       for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.37 * (double)i);
       kvrt::BackendScratch s;
@@ -175,32 +198,32 @@ int main(int argc, char** argv) {
       s.parts = parts.data();
       s.part_acc = pacc.data();
       s.part_capacity = parts.size();
-      AttnArgs a[3];
-      QAttnArgs qa[3];
-      for (int f = 0; f < 3; ++f) {
-        a[f] = AttnArgs{};
-        a[f].layout = &b[f].lay;
-        a[f].layer = layers / 2;
-        a[f].blocks = b[f].ptrs.data();
-        a[f].q = q.data();
-        a[f].out = out.data();
-        a[f].q_stride = q.size();
-        a[f].n_q = 1;
-        a[f].n_head = kHeads;
-        a[f].pos0 = (int32_t)depth - 1;
-        a[f].scale = 1.0f / std::sqrt((float)kHd);
-        qa[f] = QAttnArgs{};
-        qa[f].base = a[f];
-        qa[f].stage_layout = &b[f].stage_lay;
-        qa[f].stage = b[f].stage.data();
-        qa[f].n_quant_blocks = depth / kBt;
+      AttnArgs a[6];
+      QAttnArgs qa[6];
+      for (int c = 0; c < nc; ++c) {
+        a[c] = AttnArgs{};
+        a[c].layout = &b[c].lay;
+        a[c].layer = layers / 2;
+        a[c].blocks = b[c].ptrs.data();
+        a[c].q = q.data();
+        a[c].out = out.data();
+        a[c].q_stride = q.size();
+        a[c].n_q = 1;
+        a[c].n_head = kHeads;
+        a[c].pos0 = (int32_t)depth - 1;
+        a[c].scale = 1.0f / std::sqrt((float)kHd);
+        qa[c] = QAttnArgs{};
+        qa[c].base = a[c];
+        qa[c].stage_layout = &b[c].stage_lay;
+        qa[c].stage = b[c].stage.data();
+        qa[c].n_quant_blocks = depth / kBt;
       }
-      // Kernel calls and read-floor passes of the three formats interleaved.
-      std::vector<double> t[3], rd[3];
+      // Kernel calls and read-floor passes of every cache interleaved.
+      std::vector<double> t[6], rd[6];
       const uint32_t n_blocks = depth / kBt;
       for (int i = 0; i < reps + 2; ++i)
-        for (int j = 0; j < 6; ++j) {
-          const int f = j % 3;
+        for (int j = 0; j < 2 * nc; ++j) {
+          const int c = j % nc;
           if (cold)  // by the pool, whose workers then stay awake as in a step
             pool.run(nt, [&](unsigned task, unsigned) {
               float acc = 0.0f;
@@ -208,21 +231,20 @@ int main(int argc, char** argv) {
               sink = sink + acc;
             });
           const double t0 = seconds();
-          if (j >= 3)
-            pool.run(kKv, [&](unsigned h, unsigned) { read_sink[h] = read_parts(b[f], layers / 2, h, n_blocks); });
-          else if (fmts[f] == KV_F16)
-            be.attention(a[f], s);
+          if (j >= nc)
+            pool.run(kKv, [&](unsigned h, unsigned) { read_sink[h] = read_parts(b[c], layers / 2, h, n_blocks); });
+          else if (fmts[c % 3] == KV_F16)
+            be.attention(a[c], s);
           else
-            be.attention_quant(qa[f], s);
-          if (i >= 2) (j >= 3 ? rd[f] : t[f]).push_back(seconds() - t0);  // two warm-up rounds
+            be.attention_quant(qa[c], s);
+          if (i >= 2) (j >= nc ? rd[c] : t[c]).push_back(seconds() - t0);  // two warm-up rounds
         }
-      double f16_us = 0;
-      for (int f = 0; f < 3; ++f) {
-        const double us = median(t[f]) * 1e6, rus = median(rd[f]) * 1e6;
-        if (f == 0) f16_us = us;
-        std::printf("%3u %7u %4s %10.1f %8.2f %7.2fx %9.1f %8.2f %7.2fx\n", nt, depth, names[f], us,
-                    (double)b[f].bytes / (us * 1e3), us / f16_us, rus,
-                    (double)b[f].bytes / (rus * 1e3), us / rus);
+      for (int c = 0; c < nc; ++c) {
+        const int f0 = c - c % 3;  // the f16 cache of the same layout
+        const double us = median(t[c]) * 1e6, rus = median(rd[c]) * 1e6, f16_us = median(t[f0]) * 1e6;
+        std::printf("%3u %7u %4s %6s %10.1f %8.2f %7.2fx %9.1f %8.2f %7.2fx\n", nt, depth, names[c % 3],
+                    layout_names[c / 3], us, (double)b[c].bytes / (us * 1e3), us / f16_us, rus,
+                    (double)b[c].bytes / (rus * 1e3), us / rus);
       }
     }
   }
