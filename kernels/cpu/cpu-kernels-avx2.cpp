@@ -200,5 +200,19 @@ void kv_store(uint32_t format, void* dst, const float* src, size_t n) {
   for (; i < n; ++i) d[i] = f32_to_f16(src[i]);
 }
 
+// vcvtph2ps is exact like f16_to_f32, subnormals included; it keeps a NaN's
+// payload but sets its quiet bit, where f16_to_f32 keeps a signalling NaN
+// signalling (a NaN either way; the KV quantizers treat every NaN alike).
+void kv_load(uint32_t format, float* dst, const void* src, size_t n) {
+  if (format != KV_F16) {
+    scalar::kv_load(format, dst, src, n);
+    return;
+  }
+  const uint16_t* s = (const uint16_t*)src;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s + i))));
+  if (i < n) scalar::kv_load(format, dst + i, s + i, n - i);
+}
+
 }  // namespace avx2
 }  // namespace kvrt_k

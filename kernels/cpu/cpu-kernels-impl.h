@@ -36,6 +36,7 @@ void matmul(uint32_t wtype, const void* w, size_t k, size_t r0, size_t r1, const
 void rmsnorm(const float* x, const float* weight, float* y, size_t n, float eps);
 void swiglu(float* gate, const float* up, size_t n);
 void kv_store(uint32_t format, void* dst, const float* src, size_t n);
+void kv_load(uint32_t format, float* dst, const void* src, size_t n);
 void attn_rows(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows);
 }  // namespace scalar
 
@@ -45,6 +46,7 @@ void matmul(uint32_t wtype, const void* w, size_t k, size_t r0, size_t r1, const
 void rmsnorm(const float* x, const float* weight, float* y, size_t n, float eps);
 void swiglu(float* gate, const float* up, size_t n);
 void kv_store(uint32_t format, void* dst, const float* src, size_t n);
+void kv_load(uint32_t format, float* dst, const void* src, size_t n);
 // Returns false when it does not handle the shape (head_dim not a multiple
 // of 8); the caller then uses the scalar path.
 bool attn_rows(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows);

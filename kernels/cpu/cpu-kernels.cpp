@@ -150,6 +150,13 @@ void kv_store(uint32_t format, void* dst, const float* src, size_t n) {
     scalar::kv_store(format, dst, src, n);
 }
 
+void kv_load(uint32_t format, float* dst, const void* src, size_t n) {
+  if (use_avx2())
+    avx2::kv_load(format, dst, src, n);
+  else
+    scalar::kv_load(format, dst, src, n);
+}
+
 namespace {
 
 void kv_quantize(bool keys, uint32_t format, uint8_t* dst, const float* src, size_t src_stride,

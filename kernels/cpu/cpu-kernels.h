@@ -45,8 +45,13 @@ void rope(float* x, size_t n_heads, size_t head_dim, size_t rot_dim, int32_t pos
 // gate[i] = silu(gate[i]) * up[i].
 void swiglu(float* gate, const float* up, size_t n);
 
-// Converts n floats into a KV storage format (KV_F32 or KV_F16) at dst.
+// Converts n floats into a KV storage format (KV_F32, KV_F16 or KV_BF16) at
+// dst.
 void kv_store(uint32_t format, void* dst, const float* src, size_t n);
+// The inverse: n elements of a KV storage format (KV_F32, KV_F16, KV_BF16)
+// at src to floats. Exact; every level gives the scalar conversion's bits
+// (a NaN stays a NaN of the same sign).
+void kv_load(uint32_t format, float* dst, const void* src, size_t n);
 
 // Quantizes the first n_tokens rows of src into one head's K (or V) part of
 // a block: kvq_quantize_k / kvq_quantize_v (kernels/common/kv-quant.h), run

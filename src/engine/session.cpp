@@ -321,10 +321,8 @@ void Session::quant_store(uint32_t layer, const float* k, const float* v, uint32
           kr = kh;
           vr = vh;
         }
-        for (uint32_t c = 0; c < hd; ++c) {
-          kx[t * hd + c] = kvrt_k::f16_to_f32(kr[c]);
-          vx[t * hd + c] = kvrt_k::f16_to_f32(vr[c]);
-        }
+        kvrt_k::kv_load(kvrt_k::KV_F16, kx + static_cast<size_t>(t) * hd, kr, hd);
+        kvrt_k::kv_load(kvrt_k::KV_F16, vx + static_cast<size_t>(t) * hd, vr, hd);
       }
       uint8_t* block = kv_->block_ptr(b);
       kvrt_k::kv_quantize_k(lay.k_format, block + kvrt_k::kv_k_offset(lay, layer, h), kx, hd, bt, bt, hd);

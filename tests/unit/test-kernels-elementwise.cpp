@@ -1,4 +1,4 @@
-// Tests of rmsnorm, RoPE, SwiGLU and kv_store at every ISA level against
+// Tests of rmsnorm, RoPE, SwiGLU, kv_store and kv_load at every ISA level against
 // direct double-precision formulas and the scalar f16/bf16 codecs.
 #include <string.h>
 
@@ -134,6 +134,43 @@ void test_kv_store(void** state) {
   cpu_isa_set(cpu_isa_detect());
 }
 
+// kv_load gives f16_to_f32 / bf16_to_f32 of every 16-bit pattern at every
+// level and every offset within an 8-element vector (NaN: a NaN of the same
+// sign, since vcvtph2ps quiets signalling NaNs), and f32 bit for bit; it
+// writes n floats and no more.
+void test_kv_load(void** state) {
+  (void)state;
+  std::vector<uint16_t> all(65536 + 7);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = (uint16_t)(i * 0x9E37u);  // a permutation of every pattern, then 7 more
+  for (CpuIsa isa : kt::isa_levels()) {
+    cpu_isa_set(isa);
+    for (uint32_t fmt : {(uint32_t)KV_F16, (uint32_t)KV_BF16})
+      for (size_t off : {0, 3}) {
+        const size_t n = all.size() - off;
+        std::vector<float> dst(n + 1, 12345.0f);
+        kv_load(fmt, dst.data(), all.data() + off, n);
+        assert_true(dst[n] == 12345.0f);
+        for (size_t i = 0; i < n; ++i) {
+          const uint16_t h = all[off + i];
+          const float want = fmt == KV_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+          const bool ok = isnan(want) ? isnan(dst[i]) && signbit(dst[i]) == signbit(want)
+                                      : f32_bits(dst[i]) == f32_bits(want);
+          if (!ok) {
+            print_error("kv_load fmt %u isa %s [%zu] 0x%04x: got 0x%08x want 0x%08x\n", fmt, cpu_isa_name(isa), i, h,
+                        f32_bits(dst[i]), f32_bits(want));
+            fail();
+          }
+        }
+      }
+    std::vector<float> src(37), back(38, -1.0f);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = f32_from_bits(0x7fc00001u + (uint32_t)i * 0x01234567u);
+    kv_load(KV_F32, back.data(), src.data(), src.size());
+    assert_memory_equal(back.data(), src.data(), src.size() * 4);
+    assert_true(back[37] == -1.0f);
+  }
+  cpu_isa_set(cpu_isa_detect());
+}
+
 }  // namespace
 
 int main(void) {
@@ -142,6 +179,7 @@ int main(void) {
       cmocka_unit_test(test_rope),
       cmocka_unit_test(test_swiglu),
       cmocka_unit_test(test_kv_store),
+      cmocka_unit_test(test_kv_load),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
