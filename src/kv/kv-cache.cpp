@@ -16,6 +16,10 @@ void BlockRuns::scatter(const uint8_t* src) const {
   for (uint32_t i = 0; i < n_parts; ++i) std::memcpy(part(i), src + i * part_bytes, part_bytes);
 }
 
+void BlockRuns::clear() const {
+  for (uint32_t i = 0; i < n_parts; ++i) std::memset(part(i), 0, part_bytes);
+}
+
 KvCache::KvCache(BlockPool& pool, const kvrt_k::KvLayout& layout, uint32_t n_ctx)
     : pool_(pool), layout_(layout), n_ctx_(n_ctx) {
   if (layout.block_tokens == 0)

@@ -26,6 +26,7 @@ struct BlockRuns {
   // Copies the block out to / in from its contiguous form.
   void gather(uint8_t* dst) const;
   void scatter(const uint8_t* src) const;
+  void clear() const;  // every byte 0
 };
 
 class KvCache {

@@ -1,6 +1,7 @@
 // Snapshot reader: validates the header against the model and runtime,
 // checks sizes before allocating, decompresses and verifies every section,
 // and only then hands out the new session.
+#include <algorithm>
 #include <cinttypes>
 #include <cmath>
 #include <functional>
@@ -380,22 +381,21 @@ void read_blocks(Reader& r, uint32_t id, uint32_t n_blocks, size_t bb, const uin
               const uint64_t j = unit_index / n_blocks;  // plane
               const BlockRuns dst = block(static_cast<uint32_t>(unit_index % n_blocks));
               ++unit_index;
-              if (dst.bytes() != bb || n != (width ? bb / width : bb))
-                fail(KVRT_ERR_INTERNAL, "a block of %zu bytes read as %zu (unit %zu)", bb, dst.bytes(), n);
               if (!width) {
                 dst.scatter(p);
                 return;
               }
-              // A part of w-byte elements holds whole elements, so plane j
-              // of part k is bytes [k, k + 1) * part_bytes / w of the plane.
-              // (bb is a multiple of width: set_unit_rule.)
-              const size_t per = dst.part_bytes / width;
-              if (dst.part_bytes % width)
-                fail(KVRT_ERR_INTERNAL, "parts of %zu bytes do not hold %u-byte elements", dst.part_bytes, width);
+              // Plane byte i is block byte i * w + j; part k holds block
+              // bytes [lo, lo + part_bytes), so plane bytes [i0, i1) with
+              // i0 the first i whose i * w + j reaches lo. (A part need not
+              // hold whole elements: a file may choose any w that divides
+              // block_bytes.)
+              const size_t w = width, pb = dst.part_bytes;
+              auto first = [&](size_t lo) { return lo > j ? (lo - j + w - 1) / w : 0; };
               for (uint32_t k = 0; k < dst.n_parts; ++k) {
+                const size_t lo = k * pb, i0 = first(lo), i1 = std::min(first(lo + pb), n);
                 uint8_t* d = dst.part(k);
-                const uint8_t* src = p + k * per;
-                for (size_t i = 0; i < per; ++i) d[i * width + j] = src[i];
+                for (size_t i = i0; i < i1; ++i) d[i * w + j - lo] = p[i];
               }
             },
             [&](Hasher& hash) {
@@ -473,10 +473,7 @@ std::unique_ptr<Session> read_snapshot(std::shared_ptr<const LoadedModel> model,
   if (H.staged) {
     // The reserved pool block of the unfinished tail is written only when it
     // fills; clear it so that no other session's bytes remain there.
-    if (H.n_tokens % H.bt) {
-      const BlockRuns tail = s->import_block(H.n_kv_blocks);
-      for (uint32_t k = 0; k < tail.n_parts; ++k) std::memset(tail.part(k), 0, tail.part_bytes);
-    }
+    if (H.n_tokens % H.bt) s->import_block(H.n_kv_blocks).clear();
     if (s->kv_stage().size() != H.stage_lay.block_bytes)
       fail(KVRT_ERR_INTERNAL, "session stage holds %zu bytes, the snapshot's %zu", s->kv_stage().size(),
            H.stage_lay.block_bytes);

@@ -815,10 +815,7 @@ std::unique_ptr<Session> Store::load(std::shared_ptr<const LoadedModel> model, c
     s->import_block(b).scatter(whole.data());
   }
   if (H.staged) {
-    if (H.n_tokens % H.bt) {  // written only when the tail fills
-      std::memset(whole.data(), 0, bb);
-      s->import_block(n_full).scatter(whole.data());
-    }
+    if (H.n_tokens % H.bt) s->import_block(n_full).clear();  // written only when the tail fills
     if (s->kv_stage().size() != m.tail.size())
       fail(KVRT_ERR_INTERNAL, "session stage holds %zu bytes, the manifest's %zu", s->kv_stage().size(), m.tail.size());
     std::memcpy(s->import_stage(), m.tail.data(), m.tail.size());
