@@ -77,9 +77,11 @@ void sync_dir(const std::string& dir) {
     fail(KVRT_ERR_IO, "syncing store folder '%s': %s", dir.c_str(), std::strerror(err));
 }
 
-BlockKey block_key(const uint8_t* p, size_t n) {
+// The key of a block's bytes in their one-piece form, read from its runs
+// (no copy: most blocks of a save are in the store already).
+BlockKey block_key(const BlockRuns& b) {
   Hasher h(kBlockKeySeed);
-  h.update(p, n);
+  for (uint32_t i = 0; i < b.n_parts; ++i) h.update(b.part(i), b.part_bytes);
   BlockKey k;
   h.finish128(&k.lo, &k.hi);
   return k;
@@ -598,9 +600,8 @@ void Store::save(Session& s, const std::string& name, const WriteOptions& opt, S
   };
   try {
     for (uint32_t b = 0; b < n_full; ++b) {
-      kv.block_runs(b).gather(whole.data());
-      const uint8_t* p = whole.data();
-      const BlockKey key = block_key(p, bb);
+      const BlockRuns runs = kv.block_runs(b);
+      const BlockKey key = block_key(runs);
       table[b].key = key;
       if (auto it = index_.find(key); it != index_.end()) {
         table[b].loc = it->second;
@@ -612,9 +613,10 @@ void Store::save(Session& s, const std::string& name, const WriteOptions& opt, S
         ++st.blocks_reused;
         continue;
       }
+      runs.gather(whole.data());
       const size_t at = buf.size();
       buf.resize(at + kRecordHeaderBytes);
-      compress_frame(cctx.get(), opt.level, p, bb, width, planes, buf);
+      compress_frame(cctx.get(), opt.level, whole.data(), bb, width, planes, buf);
       const uint64_t frame = buf.size() - at - kRecordHeaderBytes;
       uint8_t* h = buf.data() + at;
       put_u32(h, kRecordMagic);
@@ -788,7 +790,7 @@ void Store::read_block(const Manifest& m, const char* name, uint32_t b, uint8_t*
   if (!why.empty()) bad(why);
   why = decompress_frame(static_cast<ZSTD_DCtx*>(dctx), rec.data() + kRecordHeaderBytes, frame, dst, bb, width, planes);
   if (!why.empty()) bad(why);
-  if (!(block_key(dst, bb) == t.key)) bad("the decoded bytes do not hash to the block's key");
+  if (!(block_key(BlockRuns::whole(dst, bb)) == t.key)) bad("the decoded bytes do not hash to the block's key");
 }
 
 std::unique_ptr<Session> Store::load(std::shared_ptr<const LoadedModel> model, const std::string& name) {
