@@ -1,6 +1,7 @@
 // The AVX-512 VNNI rounded-query step of attention over q8/q4 blocks
-// (QAttnOps::block_q). The other inner loops are the AVX2 table's, which
-// this one extends; on AVX-512 CPUs without VNNI the AVX2 step serves.
+// (QAttnOps::block_q), with q4 values as bf16 dot products where the CPU
+// has AVX-512 BF16 and VBMI. The other inner loops are the AVX2 table's,
+// which this one extends; on AVX-512 CPUs without VNNI the AVX2 step serves.
 #include <immintrin.h>
 #include <math.h>
 
@@ -30,6 +31,9 @@ using namespace avx512_simd;
 // built for AVX-512 F/BW/VL/DQ only; the table picks this step when the CPU
 // has VNNI); helpers without it inline into them.
 #define KVRT_VNNI __attribute__((target("avx512vnni")))
+// The q4 value pass as bf16 dot products (below) takes vdpbf16ps and the
+// byte permutes of AVX-512 VBMI; the table picks it where the CPU has both.
+#define KVRT_BF16 __attribute__((target("avx512vnni,avx512bf16,avx512vbmi")))
 
 // Channels per head of the rounded query: head_dim up to a whole 32-channel
 // group (the rounding group); the padding holds zeros.
@@ -397,9 +401,177 @@ __attribute__((noinline)) void values_vnni(const VRun* runs, uint32_t nr, size_t
   if (c0 < hd) values_pass<VF, K, 1>(runs, nr, rb, hd, c0, w, mb, alpha, acc);
 }
 
+// ---- q4 values as bf16 dot products ----------------------------------
+// A 4-bit code k is the bf16 1 + k / 16 (0x3F80 | k << 3), exact. Two
+// tokens' codes of one channel share a dword and meet the pair of their
+// weights in one vdpbf16ps: 32 products per instruction where the float
+// pass's FMAs take 16. The weights are w~ = bf16(16 * p * scale) (rounded
+// to nearest even: relative error <= 2^-8), so a pass adds
+// sum w~ (1 + k / 16) = W + sum (w~ / 16) k, W = sum w~ of the token group;
+// the caller folds -W into the minimum term mb.
+
+// Words 2j and 2j + 1 of the result = bytes j and B + j of z (j < 16 from
+// byte `first`), upper bytes zero: the codes of two rows, paired by byte.
+struct PairIdx {
+  uint8_t i[64];
+  constexpr PairIdx(int first, int B, bool dup) : i() {
+    for (int j = 0; j < 16; ++j) {
+      const int jj = dup ? j % 8 : j;
+      i[4 * j] = (uint8_t)(first + jj);
+      i[4 * j + 2] = (uint8_t)(first + B + jj);
+    }
+  }
+};
+constexpr __mmask64 kLowBytes = 0x5555555555555555ull;
+
+KVRT_BF16 inline __m512i pair_bytes(__m512i z, const PairIdx& idx) {
+  return _mm512_maskz_permutexvar_epi8(kLowBytes, _mm512_loadu_si512(idx.i), z);
+}
+// Words with a code nibble at bit 3 -> bf16 1 + k / 16.
+inline __m512i nib_bf16(__m512i shifted) {
+  return _mm512_ternarylogic_epi32(shifted, _mm512_set1_epi16(0x78), _mm512_set1_epi16(0x3F80), 0xEA);
+}
+
+template <int K, int NV>
+KVRT_BF16 __attribute__((always_inline)) inline void values_pass_bf16(
+    const VRun* runs, uint32_t nr, size_t rb, uint32_t hd, uint32_t c0, const uint16_t* wb,
+    const float* mb, const float* alpha, float* acc) {
+  const uint32_t ngv = qpad(hd) / 32, G0 = c0 / 32;
+  const size_t wk = (size_t)kMaxRuns * ngv * kVRows;  // weights per head in wb
+  // NV = 4: bytes 0..31 of two rows (rows at bytes 0 and 32 of z); NV = 2:
+  // bytes 0..15 (rows at 0 and 16); NV = 1: bytes 0..7 twice, lanes 0..7
+  // taking the low nibbles (even channels), 8..15 the high (odd).
+  alignas(64) static constexpr PairIdx i4a(0, 32, false), i4b(16, 32, false), i2(0, 16, false),
+      i1(0, 16, true);
+  // NV = 1 keeps lanes 0..7 = channels 0, 2, .., 14 and 8..15 = 1, 3, .., 15.
+  const __m512i to_split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m512i from_split = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  __m512 a[K][NV];
+  for (int k = 0; k < K; ++k) {
+    const __m512 al = _mm512_set1_ps(alpha[k]);
+    for (int u = 0; u < NV; ++u)
+      a[k][u] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + (size_t)k * hd + c0 + 16 * u));
+    if constexpr (NV >= 2)
+      for (int u = 0; u < NV; u += 2) split_even_odd(&a[k][u], &a[k][u + 1]);
+    else
+      a[k][0] = _mm512_permutexvar_ps(to_split, a[k][0]);
+  }
+  for (uint32_t r = 0; r < nr; ++r) {
+    const uint32_t n = runs[r].n;
+    const uint8_t* codes = runs[r].v + c0 / 2;
+    const uint16_t* wr = wb + ((size_t)r * ngv + G0) * kVRows;
+    for (uint32_t t = 0; t < n; t += 2) {
+      const uint8_t* row = codes + t * rb;
+      // The second row of an odd run's last pair is not read (its weight is 0).
+      const __mmask64 second = t + 1 < n ? ~0ull : 0;
+      __m512i x[NV];
+      if constexpr (NV == 4) {
+        const __m512i z = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)row)),
+            _mm256_maskz_loadu_epi8((__mmask32)second, row + rb), 1);
+        const __m512i p0 = pair_bytes(z, i4a), p1 = pair_bytes(z, i4b);
+        x[0] = nib_bf16(_mm512_slli_epi16(p0, 3));
+        x[1] = nib_bf16(_mm512_srli_epi16(p0, 1));
+        x[2] = nib_bf16(_mm512_slli_epi16(p1, 3));
+        x[3] = nib_bf16(_mm512_srli_epi16(p1, 1));
+      } else {
+        const __m128i lo = NV == 2 ? _mm_loadu_si128((const __m128i*)row) : _mm_loadl_epi64((const __m128i*)row);
+        const __m128i hi = NV == 2 ? _mm_maskz_loadu_epi8((__mmask16)second, row + rb)
+                                   : _mm_maskz_loadu_epi8((__mmask16)(second & 0xff), row + rb);
+        const __m512i z = _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+        if constexpr (NV == 2) {
+          const __m512i p = pair_bytes(z, i2);
+          x[0] = nib_bf16(_mm512_slli_epi16(p, 3));
+          x[1] = nib_bf16(_mm512_srli_epi16(p, 1));
+        } else {
+          const __m512i p = pair_bytes(z, i1);
+          x[0] = nib_bf16(_mm512_mask_srli_epi16(_mm512_slli_epi16(p, 3), 0xFFFF0000u, p, 1));
+        }
+      }
+      for (int k = 0; k < K; ++k) {
+        const uint16_t* wt = wr + k * wk + t;
+        uint32_t w0, w1 = 0;
+        __builtin_memcpy(&w0, wt, 4);
+        if constexpr (NV == 4) __builtin_memcpy(&w1, wt + kVRows, 4);
+        const __m512bh b0 = (__m512bh)_mm512_set1_epi32((int)w0);
+        a[k][0] = _mm512_dpbf16_ps(a[k][0], (__m512bh)x[0], b0);
+        if constexpr (NV >= 2) a[k][1] = _mm512_dpbf16_ps(a[k][1], (__m512bh)x[1], b0);
+        if constexpr (NV == 4) {
+          const __m512bh b1 = (__m512bh)_mm512_set1_epi32((int)w1);
+          a[k][2] = _mm512_dpbf16_ps(a[k][2], (__m512bh)x[2], b1);
+          a[k][3] = _mm512_dpbf16_ps(a[k][3], (__m512bh)x[3], b1);
+        }
+      }
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    if constexpr (NV == 1) {
+      a[k][0] = _mm512_permutexvar_ps(from_split, _mm512_add_ps(a[k][0], _mm512_set1_ps(mb[k * ngv + G0])));
+    } else {
+      for (int u = 0; u < NV; u += 2) {
+        const __m512 mv = _mm512_set1_ps(mb[k * ngv + G0 + u / 2]);
+        a[k][u] = _mm512_add_ps(a[k][u], mv);
+        a[k][u + 1] = _mm512_add_ps(a[k][u + 1], mv);
+        join_even_odd(&a[k][u], &a[k][u + 1]);
+      }
+    }
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + (size_t)k * hd + c0 + 16 * u, a[k][u]);
+  }
+}
+
+template <int K>
+KVRT_BF16 __attribute__((noinline)) void values_bf16(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd,
+                                                     const uint16_t* wb, const float* mb,
+                                                     const float* alpha, float* acc) {
+  uint32_t c0 = 0;
+  for (; c0 + 64 <= hd; c0 += 64) values_pass_bf16<K, 4>(runs, nr, rb, hd, c0, wb, mb, alpha, acc);
+  if (c0 + 32 <= hd) {
+    values_pass_bf16<K, 2>(runs, nr, rb, hd, c0, wb, mb, alpha, acc);
+    c0 += 32;
+  }
+  if (c0 < hd) values_pass_bf16<K, 1>(runs, nr, rb, hd, c0, wb, mb, alpha, acc);
+}
+
+// Per-token value scales (and q4 minimums) of one run as floats, [t][G],
+// zero past its rows.
+template <uint32_t VF>
+inline void run_scales(const VRun& run, uint32_t ngv, float* sf, float* mf) {
+  for (uint32_t i = 0; i < kVRows * ngv; i += 16) {
+    const __mmask16 k = i < run.n * ngv ? tail_mask(run.n * ngv - i) : 0;
+    _mm512_store_ps(sf + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, run.sc + i)));
+    if constexpr (VF == kKvqQ4)
+      _mm512_store_ps(mf + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, run.mn + i)));
+  }
+}
+
+// The weights of one softmax update for values_bf16 from the exponentials
+// s[r][g]: wb[g][r][G][t] = bf16(16 p_t scale_tG) (vcvtneps2bf16, nearest
+// even), and pm[g * ngv + G] += p_t min_tG less those bf16 weights (the
+// pass's offset W; summed in pairs by vdpbf16ps against ones).
+template <uint32_t NG>
+KVRT_BF16 __attribute__((noinline)) void weights_bf16(__m512 (*s)[8], const VRun* runs, uint32_t nr,
+                                                      uint32_t ngv, uint16_t* wb, __m512* pm) {
+  const __m256bh ones = (__m256bh)_mm256_set1_epi16(0x3F80);
+  for (uint32_t r = 0; r < nr; ++r) {
+    alignas(64) float sf[kVRows * kMaxG32], mf[kVRows * kMaxG32];
+    run_scales<kKvqQ4>(runs[r], ngv, sf, mf);
+    for (uint32_t G = 0; G < ngv; ++G) {
+      const __m512 vs = _mm512_mul_ps(token_lanes(sf, ngv, G), _mm512_set1_ps(16.0f));
+      const __m512 vm = token_lanes(mf, ngv, G);
+      for (uint32_t g = 0; g < NG; ++g) {
+        const __m256bh w = _mm512_cvtneps_pbh(_mm512_mul_ps(s[r][g], vs));
+        _mm256_store_si256((__m256i*)(wb + (((size_t)g * kMaxRuns + r) * ngv + G) * kVRows), (__m256i)w);
+        const __m256 pairs = _mm256_dpbf16_ps(_mm256_setzero_ps(), w, ones);
+        pm[g * ngv + G] = _mm512_sub_ps(_mm512_fmadd_ps(s[r][g], vm, pm[g * ngv + G]),
+                                        _mm512_zextps256_ps512(pairs));
+      }
+    }
+  }
+}
+
 // One online-softmax update of NG heads over the scores s[r][g] of nr runs
 // (lanes past a run's rows are -inf), then the values of those runs.
-template <uint32_t VF, uint32_t NG>
+template <uint32_t VF, uint32_t NG, bool BF>
 void softmax_values(__m512 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, uint32_t hd,
                     float* m, float* l, float* acc) {
   const uint32_t ngv = qpad(hd) / 32;
@@ -431,36 +603,39 @@ void softmax_values(__m512 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, u
     }
   _mm512_store_ps(f, reduce8<false>(sum));
   for (uint32_t g = 0; g < NG; ++g) l[g] = l[g] * alpha[g] + f[lane8(g)];
-  // Weights with the value scales folded in, [g][r][G][t]; q4: sum_t p * min.
-  alignas(64) float w[NG * kMaxRuns * kMaxG32 * kVRows];
+  // Weights with the value scales folded in, [g][r][G][t]; q4: sum_t p * min
+  // (BF: weights as bf16 of 16 times that, their sum taken from mb).
+  alignas(64) float w[BF ? 1 : NG * kMaxRuns * kMaxG32 * kVRows];
+  alignas(64) uint16_t wb[BF ? NG * kMaxRuns * kMaxG32 * kVRows : 1];
   float mb[NG * kMaxG32];
   __m512 pm[NG * kMaxG32];
   if constexpr (VF == kKvqQ4)
     for (uint32_t i = 0; i < NG * ngv; ++i) pm[i] = _mm512_setzero_ps();
-  for (uint32_t r = 0; r < nr; ++r) {
-    // Per-token value scales (and minimums) as floats, zero past n.
-    alignas(64) float sf[kVRows * kMaxG32], mf[kVRows * kMaxG32];
-    const uint32_t n = runs[r].n;
-    for (uint32_t i = 0; i < kVRows * ngv; i += 16) {
-      const __mmask16 k = i < n * ngv ? tail_mask(n * ngv - i) : 0;
-      _mm512_store_ps(sf + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, runs[r].sc + i)));
-      if constexpr (VF == kKvqQ4)
-        _mm512_store_ps(mf + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, runs[r].mn + i)));
-    }
-    for (uint32_t G = 0; G < ngv; ++G) {
-      const __m512 vs = token_lanes(sf, ngv, G);
-      const __m512 vm = VF == kKvqQ4 ? token_lanes(mf, ngv, G) : _mm512_setzero_ps();
-      for (uint32_t g = 0; g < NG; ++g) {
-        _mm512_store_ps(w + (((size_t)g * kMaxRuns + r) * ngv + G) * kVRows, _mm512_mul_ps(s[r][g], vs));
-        if constexpr (VF == kKvqQ4) pm[g * ngv + G] = _mm512_fmadd_ps(s[r][g], vm, pm[g * ngv + G]);
+  if constexpr (BF) {
+    weights_bf16<NG>(s, runs, nr, ngv, wb, pm);
+  } else {
+    for (uint32_t r = 0; r < nr; ++r) {
+      alignas(64) float sf[kVRows * kMaxG32], mf[kVRows * kMaxG32];
+      run_scales<VF>(runs[r], ngv, sf, mf);
+      for (uint32_t G = 0; G < ngv; ++G) {
+        const __m512 vs = token_lanes(sf, ngv, G);
+        const __m512 vm = VF == kKvqQ4 ? token_lanes(mf, ngv, G) : _mm512_setzero_ps();
+        for (uint32_t g = 0; g < NG; ++g) {
+          _mm512_store_ps(w + (((size_t)g * kMaxRuns + r) * ngv + G) * kVRows, _mm512_mul_ps(s[r][g], vs));
+          if constexpr (VF == kKvqQ4) pm[g * ngv + G] = _mm512_fmadd_ps(s[r][g], vm, pm[g * ngv + G]);
+        }
       }
     }
   }
   if constexpr (VF == kKvqQ4) reduce_n<false>(pm, NG * ngv, mb);
   for (uint32_t g = 0; g < NG; g += 4) {
     constexpr int K = NG < 4 ? (int)NG : 4;
-    values_vnni<VF, K>(runs, nr, rbv, hd, w + (size_t)g * kMaxRuns * ngv * kVRows,
-                       mb + (size_t)g * ngv, alpha + g, acc + (size_t)g * hd);
+    if constexpr (BF)
+      values_bf16<K>(runs, nr, rbv, hd, wb + (size_t)g * kMaxRuns * ngv * kVRows,
+                     mb + (size_t)g * ngv, alpha + g, acc + (size_t)g * hd);
+    else
+      values_vnni<VF, K>(runs, nr, rbv, hd, w + (size_t)g * kMaxRuns * ngv * kVRows,
+                         mb + (size_t)g * ngv, alpha + g, acc + (size_t)g * hd);
   }
 }
 
@@ -492,7 +667,7 @@ inline void prefetch_lines(const uint8_t* p, uint32_t n) {
 // Blocks in runs of up to 16 rows: the query folded and rounded per block
 // (the key scales are per block), keys scored per run, and the softmax
 // update and values done per kMaxRuns runs.
-template <uint32_t KF, uint32_t VF, uint32_t NG>
+template <uint32_t KF, uint32_t VF, uint32_t NG, bool BF>
 KVRT_VNNI void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, uint32_t hd,
                          const float* q, float scale, float* m, float* l, float* acc) {
   const uint32_t ngv = qpad(hd) / 32;
@@ -511,26 +686,40 @@ KVRT_VNNI void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size
       if (t0 == 0) prefetch_lines(B.pf_v, B.pf_v_bytes);
       runs[nr++] = {B.v + t0 * rbv, B.v_scales + (size_t)t0 * ngv, B.v_mins + (size_t)t0 * ngv, n};
       if (nr == kMaxRuns) {
-        softmax_values<VF, NG>(s, runs, nr, rbv, hd, m, l, acc);
+        softmax_values<VF, NG, BF>(s, runs, nr, rbv, hd, m, l, acc);
         nr = 0;
       }
     }
   }
-  if (nr) softmax_values<VF, NG>(s, runs, nr, rbv, hd, m, l, acc);
+  if (nr) softmax_values<VF, NG, BF>(s, runs, nr, rbv, hd, m, l, acc);
 }
 
 using BlockQFn = void (*)(const QAttnBlock*, uint32_t, size_t, size_t, uint32_t, const float*,
                           float, float*, float*, float*);
 
-template <uint32_t KF, uint32_t VF>
+template <uint32_t KF, uint32_t VF, bool BF = false>
 BlockQFn pick_ng(uint32_t ng) {
   switch (ng) {
-    case 1: return block_q_t<KF, VF, 1>;
-    case 2: return block_q_t<KF, VF, 2>;
-    case 4: return block_q_t<KF, VF, 4>;
-    case 8: return block_q_t<KF, VF, 8>;
+    case 1: return block_q_t<KF, VF, 1, BF>;
+    case 2: return block_q_t<KF, VF, 2, BF>;
+    case 4: return block_q_t<KF, VF, 4, BF>;
+    case 8: return block_q_t<KF, VF, 8, BF>;
     default: return nullptr;
   }
+}
+
+// q4 values as bf16 dot products (values_bf16); the table picks this step
+// where the CPU has AVX-512 BF16 and VBMI.
+bool block_q_bf16(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
+                  size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng, float* m,
+                  float* l, float* acc) {
+  if (!qattn_block_q_takes(hd, ng)) return false;
+  const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
+  const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4, true>(ng))
+                        : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4, true>(ng));
+  if (!f) return false;
+  f(blocks, nb, rbk, rbv, hd, q, scale, m, l, acc);
+  return true;
 }
 
 bool block_q(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
@@ -546,22 +735,31 @@ bool block_q(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb
 }
 
 #undef KVRT_VNNI
+#undef KVRT_BF16
 
 }  // namespace
 
-const QAttnOps* qattn_ops_avx512() {
+const QAttnOps* qattn_ops_avx512(bool bf16_values) {
   const QAttnOps* base = qattn_ops_avx2();
   if (!base) return nullptr;
-  static const QAttnOps ops = [&] {
+  static const QAttnOps ops[2] = {[&] {
     QAttnOps o = *base;
     // The integer key path needs AVX-512 VNNI (vpdpbusd); without it the
     // AVX2 table's step serves.
+    if (__builtin_cpu_supports("avx512vnni")) o.block_q = block_q;
+    return o;
+  }(), [&] {
+    QAttnOps o = *base;
     if (__builtin_cpu_supports("avx512vnni")) {
       o.block_q = block_q;
+      if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi")) {
+        o.block_q = block_q_bf16;
+        o.bf16_values = true;
+      }
     }
     return o;
-  }();
-  return &ops;
+  }()};
+  return &ops[bf16_values];
 }
 
 }  // namespace kvrt_k

@@ -110,11 +110,13 @@ void cvt_f16_scalar(const uint16_t* src, uint32_t n, float* dst) {
 
 const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,  k_f16_scalar,   v_i8_scalar,
                              v_u4_scalar,  v_f16_scalar, exp_sum_scalar, cvt_f16_scalar,
-                             fold_scalar,  nullptr};
+                             fold_scalar,  nullptr,      false};
+
+bool g_bf16_values = true;  // qattn_allow_bf16_values
 
 const QAttnOps& ops() {
   if (cpu_isa() >= CpuIsa::avx512) {
-    const QAttnOps* o = qattn_ops_avx512();
+    const QAttnOps* o = qattn_ops_avx512(g_bf16_values);
     if (o) return *o;
   }
   if (cpu_isa() >= CpuIsa::avx2) {
@@ -370,6 +372,12 @@ bool qattn_block_q_takes(uint32_t hd, uint32_t ng) {
 bool qattn_rounds_query(uint32_t head_dim, uint32_t ng) {
   const QAttnOps& op = ops();
   return op.block_q && qattn_block_q_takes(head_dim, pass_heads(op, head_dim, ng));
+}
+
+void qattn_allow_bf16_values(bool allow) { g_bf16_values = allow; }
+
+bool qattn_bf16_values(uint32_t head_dim, uint32_t ng) {
+  return qattn_rounds_query(head_dim, ng) && ops().bf16_values;
 }
 
 void attention_quant(const QAttnArgs& qa, uint32_t kv_head) {

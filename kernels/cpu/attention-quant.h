@@ -96,6 +96,10 @@ struct QAttnOps {
   bool (*block_q)(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks, uint32_t nb,
                   size_t rbk, size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng,
                   float* m, float* l, float* acc);
+  // block_q accumulates q4 values as bf16 dot products: each weight p *
+  // value scale rounded to bf16 (relative error <= 2^-8; the bound is in
+  // docs/quantization.md). Other value formats stay float.
+  bool bf16_values;
 };
 
 // True when, at the current ISA level, a pass of ng query heads (passes
@@ -104,6 +108,9 @@ struct QAttnOps {
 // Head counts the step does not take (3, 5, 6, 7) run padded with zero
 // queries to the next power of two.
 bool qattn_rounds_query(uint32_t head_dim, uint32_t ng);
+// True when such a pass also takes its q4 values as bf16 dot products
+// (QAttnOps::bf16_values), as tests must know.
+bool qattn_bf16_values(uint32_t head_dim, uint32_t ng);
 
 const QAttnOps& qattn_ops_scalar();
 // Null when this build has no AVX2 version.
@@ -123,6 +130,13 @@ bool qattn_block_q_avx2(uint32_t k_format, uint32_t v_format, const QAttnBlock* 
                         uint32_t nb, size_t rbk, size_t rbv, uint32_t hd, const float* q,
                         float scale, uint32_t ng, float* m, float* l, float* acc);
 // The AVX2 table with AVX-512 versions where they exist; null without AVX2.
-const QAttnOps* qattn_ops_avx512();
+// With bf16_values, block_q takes q4 values as bf16 dot products where the
+// CPU has AVX-512 BF16 and VBMI.
+const QAttnOps* qattn_ops_avx512(bool bf16_values);
+// Whether the AVX-512 level may take q4 values as bf16 dot products (the
+// default; true). Off, it keeps them in float as CPUs without AVX-512 BF16
+// do, so that tests and benchmarks reach that step on any AVX-512 CPU.
+// Not thread-safe against running kernels.
+void qattn_allow_bf16_values(bool allow);
 
 }  // namespace kvrt_k

@@ -1,14 +1,17 @@
 // Benchmark (not a test): decode-step attention time of an f16 cache against
 // q8 and q4 caches, one query over a long context, through the CPU backend.
 // Built with the tests: build/tests/unit/bench-attention-quant.
-// Run:   bench-attention-quant [THREADS[,THREADS...] [DEPTH[,DEPTH...] [REPEATS [LAYERS [cold|warm [avx2|any [whole]]]]]]]
+// Run:   bench-attention-quant [THREADS[,THREADS...] [DEPTH[,DEPTH...] [REPEATS [LAYERS [cold|warm [avx2|any [whole|f32v]]]]]]]
 // LAYERS (default 1): layers per block (12 for the synthetic model). The
 // blocks come from a block pool, which keeps one layer's parts of a slab's
 // blocks side by side, as in the engine. The middle layer is timed. With
 // `whole`, each format is also timed over blocks kept in one piece (all
 // layers of a block together, blocks back to back in one mapping: the
 // pool's layout before it went layer-major), interleaved with the pool's
-// in the same process so that both see the same load. With `cold`, 256 MiB are read
+// in the same process so that both see the same load. With `f32v`, each
+// format is also timed with q4 values kept in float where the AVX-512
+// kernels would take them as bf16 dot products (rows "f32v"), interleaved
+// the same way. With `cold`, 256 MiB are read
 // before each call, as a decode step's weight reads do between two layers'
 // attention, so the cache comes from memory rather than from the CPU's
 // caches (without it, a depth-4096 q8 layer, 2 MB, stays cached). With
@@ -171,13 +174,14 @@ int main(int argc, char** argv) {
   const uint32_t layers = argc > 4 ? (uint32_t)std::max(1, std::atoi(argv[4])) : 1;
   const bool cold = argc > 5 && std::string(argv[5]) == "cold";
   if (argc > 6 && std::string(argv[6]) == "avx2") cpu_isa_set(CpuIsa::avx2);
-  const int n_layouts = argc > 7 && std::string(argv[7]) == "whole" ? 2 : 1;
+  const std::string second = argc > 7 ? argv[7] : "";
+  const int n_layouts = second == "whole" || second == "f32v" ? 2 : 1;
   std::vector<float> flush(cold ? (256u << 20) / sizeof(float) : 0, 1.0f);
   volatile float sink = 0.0f;
   volatile uint64_t read_sink[kKv];
   const uint32_t fmts[3] = {KV_F16, KV_Q8, KV_Q4};
   const char* names[3] = {"f16", "q8", "q4"};
-  const char* layout_names[2] = {"pool", "whole"};
+  const char* layout_names[2] = {"pool", second == "f32v" ? "f32v" : "whole"};
   std::printf("%u heads / %u KV heads of %u, blocks of %u tokens x %u layer%s; medians of %d calls, formats interleaved%s; %s kernels\n",
               kHeads, kKv, kHd, kBt, layers, layers == 1 ? "" : "s", reps,
               cold ? ", caches flushed before each call" : "", cpu_isa_name(cpu_isa()));
@@ -189,7 +193,7 @@ int main(int argc, char** argv) {
     for (uint32_t depth : depths) {
       const int nc = 3 * n_layouts;  // cache c: format c % 3, layout c / 3
       Bench b[6];
-      for (int c = 0; c < nc; ++c) fill(b[c], fmts[c % 3], depth, layers, c >= 3);
+      for (int c = 0; c < nc; ++c) fill(b[c], fmts[c % 3], depth, layers, c >= 3 && second == "whole");
       std::vector<float> q(kHeads * kHd), out(q.size());
       for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.37 * (double)i);
       kvrt::BackendScratch s;
@@ -230,6 +234,7 @@ int main(int argc, char** argv) {
               for (size_t x = task * 16; x < flush.size(); x += 16 * nt) acc += flush[x];
               sink = sink + acc;
             });
+          qattn_allow_bf16_values(!(c >= 3 && second == "f32v"));
           const double t0 = seconds();
           if (j >= nc)
             pool.run(kKv, [&](unsigned h, unsigned) { read_sink[h] = read_parts(b[c], layers / 2, h, n_blocks); });

@@ -141,11 +141,25 @@ double rounded_score(const QCache& c, uint32_t layer, const float* q, uint32_t k
   return s;
 }
 
+// |scale * code| of q4 value (t, ch) of a quantized block: what a weight
+// rounded to bf16 multiplies.
+double q4_value_step(const QCache& c, uint32_t layer, uint32_t kvh, uint32_t t, uint32_t ch) {
+  const KvLayout& L = c.layout;
+  const uint32_t hd = L.head_dim, bt = L.block_tokens, b = t / bt, j = t % bt;
+  const uint8_t* vp = c.blocks[b].data() + kv_v_offset(L, layer, kvh);
+  const uint16_t* vs = (const uint16_t*)(vp + kvq_scale_offset(KV_Q4, bt, hd));
+  return (double)f16_to_f32(vs[j * kvq_n_groups(hd) + ch / 32]) *
+         kvq_get4(vp + j * kvq_row_bytes(KV_Q4, hd), ch);
+}
+
 // Softmax attention in double of query qi, head h, over [0, vis). With
 // `rounded`, keys of quantized blocks are scored as rounded_score() and
-// *eps gets the largest score bound.
+// *eps gets the largest score bound. With vbound, (*vbound)[ch] gets how far
+// a kernel whose q4 value weights are rounded to bf16 (relative error <=
+// 2^-8 each) may be from out: 2^-8 * sum_t p_t |scale * code| / sum_t p_t.
 void reference(const QCache& c, uint32_t layer, const float* q, uint32_t h, uint32_t n_head,
-               uint32_t vis, bool rounded, std::vector<double>& out, double* eps = nullptr) {
+               uint32_t vis, bool rounded, std::vector<double>& out, double* eps = nullptr,
+               std::vector<double>* vbound = nullptr) {
   const uint32_t hd = c.layout.head_dim, n_kv = c.layout.n_head_kv, kvh = h / (n_head / n_kv);
   const uint32_t n_quant = c.n_tokens / c.layout.block_tokens * c.layout.block_tokens;
   const size_t per_head = (size_t)c.n_tokens * hd;
@@ -167,12 +181,43 @@ void reference(const QCache& c, uint32_t layer, const float* q, uint32_t h, uint
     mx = std::max(mx, s[t]);
   }
   out.assign(hd, 0.0);
+  if (vbound) vbound->assign(hd, 0.0);
   for (uint32_t t = 0; t < vis; ++t) {
     double p = exp(s[t] - mx);
     sum += p;
     for (uint32_t ch = 0; ch < hd; ++ch) out[ch] += p * vd[(size_t)t * hd + ch];
+    if (vbound && t < n_quant && c.layout.v_format == KV_Q4)
+      for (uint32_t ch = 0; ch < hd; ++ch) (*vbound)[ch] += p * q4_value_step(c, layer, kvh, t, ch);
   }
   for (auto& o : out) o /= sum;
+  if (vbound)
+    for (auto& b : *vbound) b *= 1.0 / 256 / sum;
+}
+
+// An ISA level, and whether the AVX-512 one may take q4 values as bf16 dot
+// products: where the CPU has AVX-512 BF16, its float value step (that of
+// AVX-512 CPUs without it) is tested too.
+struct Level {
+  CpuIsa isa;
+  bool bf16;
+  void set() const {
+    cpu_isa_set(isa);
+    qattn_allow_bf16_values(bf16);
+  }
+  const char* name() const { return isa == CpuIsa::avx512 && !bf16 ? "avx512 (float values)" : cpu_isa_name(isa); }
+};
+std::vector<Level> levels() {
+  std::vector<Level> v;
+  for (CpuIsa isa : kt::isa_levels()) {
+    v.push_back({isa, true});
+    if (isa == CpuIsa::avx512) {
+      qattn_allow_bf16_values(true);
+      cpu_isa_set(isa);
+      if (qattn_bf16_values(64, 4)) v.push_back({isa, false});
+      cpu_isa_set(cpu_isa_detect());
+    }
+  }
+  return v;
 }
 
 const uint32_t kPairs[][2] = {{KV_Q8, KV_Q8}, {KV_Q8, KV_Q4}, {KV_Q4, KV_Q8}, {KV_Q4, KV_Q4}};
@@ -184,22 +229,27 @@ const double kTol = 2e-5;
 // scores with a rounded query are checked against the reference that rounds
 // the same way (to kTol), and against the unrounded one within the bound a
 // score error eps gives: |out - ref| <= (e^(2 eps) - 1) max|v| (|v| <= 1).
+// Where the pass takes q4 values as bf16 dot products, both also allow the
+// weights' rounding (reference(), vbound).
 void check_out(const QCache& c, uint32_t layer, const std::vector<float>& q,
                const std::vector<float>& out, uint32_t n_q, uint32_t n_head, const char* ctx) {
   const uint32_t hd = c.layout.head_dim, group = n_head / c.layout.n_head_kv;
-  std::vector<double> ref, exact;
+  std::vector<double> ref, exact, vb;
   for (uint32_t qi = 0; qi < n_q; ++qi)
     for (uint32_t h = 0; h < n_head; ++h) {
       const size_t o = (size_t)qi * n_head * hd + (size_t)h * hd;
       const uint32_t vis = c.n_tokens - n_q + qi + 1, g0 = h % group / kQAttnGroupChunk * kQAttnGroupChunk;
-      const bool rounded = qattn_rounds_query(hd, std::min(group - g0, kQAttnGroupChunk));
+      const uint32_t ng = std::min(group - g0, kQAttnGroupChunk);
+      const bool rounded = qattn_rounds_query(hd, ng), bf16v = qattn_bf16_values(hd, ng);
       double eps = 0.0;
-      reference(c, layer, q.data() + o, h, n_head, vis, rounded, ref, &eps);
-      for (uint32_t ch = 0; ch < hd; ++ch) kt::check_close(out[o + ch], ref[ch], kTol, "out", o + ch, ctx);
+      reference(c, layer, q.data() + o, h, n_head, vis, rounded, ref, &eps, &vb);
+      if (!bf16v) vb.assign(hd, 0.0);
+      for (uint32_t ch = 0; ch < hd; ++ch)
+        kt::check_close(out[o + ch], ref[ch], kTol + vb[ch], "out", o + ch, ctx);
       if (!rounded) continue;
       reference(c, layer, q.data() + o, h, n_head, vis, false, exact);
       for (uint32_t ch = 0; ch < hd; ++ch)
-        kt::check_close(out[o + ch], exact[ch], expm1(2 * eps) + kTol, "out vs unrounded", o + ch, ctx);
+        kt::check_close(out[o + ch], exact[ch], expm1(2 * eps) + kTol + vb[ch], "out vs unrounded", o + ch, ctx);
     }
 }
 
@@ -223,12 +273,12 @@ void test_kernel_levels(void**) {
         QCache c = make(2, n_kv, hd, bt, fp[0], fp[1], n_tokens, rng);
         std::vector<float> q((size_t)n_q * n_head * hd);
         for (auto& f : q) f = rng.uni(-2.0f, 2.0f);
-        for (CpuIsa isa : kt::isa_levels()) {
-          cpu_isa_set(isa);
+        for (const Level& lv : levels()) {
+          lv.set();
           std::vector<float> out(q.size(), 0.0f);
           QAttnArgs a = args(c, layer, q, out, n_q, n_head);
           for (uint32_t h = 0; h < n_kv; ++h) attention_quant(a, h);
-          snprintf(ctx, sizeof ctx, "%s k %u v %u hd %u bt %u n %u", cpu_isa_name(isa), fp[0], fp[1],
+          snprintf(ctx, sizeof ctx, "%s k %u v %u hd %u bt %u n %u", lv.name(), fp[0], fp[1],
                    hd, bt, n_tokens);
           check_out(c, layer, q, out, n_q, n_head, ctx);
           // Partials over uneven ranges merged must agree too (last query).
@@ -253,16 +303,27 @@ void test_kernel_levels(void**) {
                               out2.data() + (size_t)(n_q - 1) * n_head * hd + (h * group + g) * hd);
             }
           }
-          for (size_t i = (size_t)(n_q - 1) * n_head * hd; i < out.size(); ++i)
-            kt::check_close(out2[i], out[i], 1e-5, "merged", i, ctx);
+          // Weights rounded to bf16 under another running maximum may
+          // round the other way: both within vbound of the reference.
+          std::vector<double> ref, vb(hd, 0.0);
+          for (uint32_t hq = 0; hq < n_head; ++hq) {
+            const size_t o = (size_t)(n_q - 1) * n_head * hd + (size_t)hq * hd;
+            const uint32_t ng = std::min(group - hq % group / kQAttnGroupChunk * kQAttnGroupChunk, kQAttnGroupChunk);
+            if (qattn_bf16_values(hd, ng))
+              reference(c, layer, q.data() + o, hq, n_head, n_tokens, true, ref, nullptr, &vb);
+            for (uint32_t ch = 0; ch < hd; ++ch)
+              kt::check_close(out2[o + ch], out[o + ch], 1e-5 + 2 * vb[ch], "merged", o + ch, ctx);
+          }
         }
-        cpu_isa_set(cpu_isa_detect());
+        Level{cpu_isa_detect(), true}.set();
       }
 }
 
 // Which passes take the rounded-query step: every head_dim that is a
 // multiple of 16 up to 512 and every head count up to 8 (3, 5, 6, 7
-// padded) at the SIMD levels, nothing at the scalar one. test_kernel_levels
+// padded) at the SIMD levels, nothing at the scalar one; q4 values as bf16
+// dot products in every such pass at the AVX-512 level of a CPU with AVX-512
+// BF16, VBMI and VNNI, in none elsewhere. test_kernel_levels
 // picks its reference from qattn_rounds_query, so without this a shape
 // quietly falling back to the float step would still pass there.
 void test_rounded_shapes(void**) {
@@ -274,6 +335,11 @@ void test_rounded_shapes(void**) {
         const bool want = simd && hd % 16 == 0 && hd <= kQAttnMaxHeadDim;
         if (qattn_rounds_query(hd, ng) != want)
           fail_msg("%s hd %u ng %u: rounded %d, want %d", cpu_isa_name(isa), hd, ng, !want, want);
+        // Every rounded AVX-512 pass takes bf16 values where the CPU can.
+        const bool bf = want && isa == CpuIsa::avx512 && __builtin_cpu_supports("avx512vnni") &&
+                        __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi");
+        if (qattn_bf16_values(hd, ng) != bf)
+          fail_msg("%s hd %u ng %u: bf16 values %d, want %d", cpu_isa_name(isa), hd, ng, !bf, bf);
       }
   }
   cpu_isa_set(cpu_isa_detect());
@@ -300,9 +366,14 @@ void test_backend_threads(void**) {
         std::vector<float> q((size_t)n_q * n_head * hd), out(q.size());
         for (auto& f : q) f = rng.uni(-2.0f, 2.0f);
         QAttnArgs a = args(c, 0, q, out, n_q, n_head);
-        be.attention_quant(a, s);
-        snprintf(ctx, sizeof ctx, "backend threads %u k %u v %u n_q %u", nt, fp[0], fp[1], n_q);
-        check_out(c, 0, q, out, n_q, n_head, ctx);
+        for (bool bf16 : {true, false}) {
+          qattn_allow_bf16_values(bf16);
+          std::fill(out.begin(), out.end(), 0.0f);
+          be.attention_quant(a, s);
+          snprintf(ctx, sizeof ctx, "backend threads %u k %u v %u n_q %u bf16 %d", nt, fp[0], fp[1], n_q, bf16);
+          check_out(c, 0, q, out, n_q, n_head, ctx);
+        }
+        qattn_allow_bf16_values(true);
       }
     }
 }
