@@ -300,6 +300,44 @@ inline void join_even_odd(__m512* e, __m512* o) {
   *o = b;
 }
 
+// The accumulators of K heads over channels [c0, c0 + 16 NV), times
+// alpha[k], in the order a pass keeps them. Split: the even and odd
+// channels of each 32 apart (q4: a code byte holds one of each); for NV = 1
+// (16 channels) with Split1, even channels in lanes 0..7 and odd in 8..15.
+template <int K, int NV, bool Split, bool Split1>
+inline void acc_in(const float* acc, uint32_t hd, uint32_t c0, const float* alpha, __m512 (*a)[NV]) {
+  const __m512i to_split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  for (int k = 0; k < K; ++k) {
+    const __m512 al = _mm512_set1_ps(alpha[k]);
+    for (int u = 0; u < NV; ++u)
+      a[k][u] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + (size_t)k * hd + c0 + 16 * u));
+    if constexpr (Split && NV >= 2)
+      for (int u = 0; u < NV; u += 2) split_even_odd(&a[k][u], &a[k][u + 1]);
+    if constexpr (Split1 && NV == 1) a[k][0] = _mm512_permutexvar_ps(to_split, a[k][0]);
+  }
+}
+// The inverse of acc_in, after adding the q4 minimum terms mb[k * ngv + G]
+// (Q4) to each 32-channel group G.
+template <int K, int NV, bool Q4, bool Split1>
+inline void acc_out(__m512 (*a)[NV], const float* mb, uint32_t ngv, uint32_t hd, uint32_t c0, float* acc) {
+  const __m512i from_split = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  const uint32_t G0 = c0 / 32;
+  for (int k = 0; k < K; ++k) {
+    if constexpr (Q4 && NV == 1) {
+      a[k][0] = _mm512_add_ps(a[k][0], _mm512_set1_ps(mb[k * ngv + G0]));
+      if constexpr (Split1) a[k][0] = _mm512_permutexvar_ps(from_split, a[k][0]);
+    } else if constexpr (Q4) {
+      for (int u = 0; u < NV; u += 2) {
+        const __m512 mv = _mm512_set1_ps(mb[k * ngv + G0 + u / 2]);
+        a[k][u] = _mm512_add_ps(a[k][u], mv);
+        a[k][u + 1] = _mm512_add_ps(a[k][u + 1], mv);
+        join_even_odd(&a[k][u], &a[k][u + 1]);
+      }
+    }
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + (size_t)k * hd + c0 + 16 * u, a[k][u]);
+  }
+}
+
 // Value rows of one run of n <= 16 rows: codes of the first row, its
 // per-token scales and minimums.
 struct VRun {
@@ -330,13 +368,7 @@ __attribute__((always_inline)) inline void values_pass(const VRun* runs, uint32_
   const uint32_t ngv = qpad(hd) / 32, G0 = c0 / 32;
   const size_t wk = (size_t)kMaxRuns * ngv * kVRows;  // floats per head in w
   __m512 a[K][NV];
-  for (int k = 0; k < K; ++k) {
-    const __m512 al = _mm512_set1_ps(alpha[k]);
-    for (int u = 0; u < NV; ++u)
-      a[k][u] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + (size_t)k * hd + c0 + 16 * u));
-    if constexpr (VF == kKvqQ4 && NV >= 2)
-      for (int u = 0; u < NV; u += 2) split_even_odd(&a[k][u], &a[k][u + 1]);
-  }
+  acc_in<K, NV, VF == kKvqQ4, false>(acc, hd, c0, alpha, a);
   for (uint32_t r = 0; r < nr; ++r) {
     const uint8_t* codes = runs[r].v;
     const float* wr = w + ((size_t)r * ngv + G0) * kVRows;
@@ -370,19 +402,7 @@ __attribute__((always_inline)) inline void values_pass(const VRun* runs, uint32_
       }
     }
   }
-  for (int k = 0; k < K; ++k) {
-    if constexpr (VF == kKvqQ4 && NV == 1) {
-      a[k][0] = _mm512_add_ps(a[k][0], _mm512_set1_ps(mb[k * ngv + G0]));
-    } else if constexpr (VF == kKvqQ4) {
-      for (int u = 0; u < NV; u += 2) {
-        const __m512 mv = _mm512_set1_ps(mb[k * ngv + G0 + u / 2]);
-        a[k][u] = _mm512_add_ps(a[k][u], mv);
-        a[k][u + 1] = _mm512_add_ps(a[k][u + 1], mv);
-        join_even_odd(&a[k][u], &a[k][u + 1]);
-      }
-    }
-    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + (size_t)k * hd + c0 + 16 * u, a[k][u]);
-  }
+  acc_out<K, NV, VF == kKvqQ4, false>(a, mb, ngv, hd, c0, acc);
 }
 
 // All channels of K heads: 64 per pass, then the 32 and 16 left. Out of
@@ -443,19 +463,8 @@ KVRT_BF16 __attribute__((always_inline)) inline void values_pass_bf16(
   // taking the low nibbles (even channels), 8..15 the high (odd).
   alignas(64) static constexpr PairIdx i4a(0, 32, false), i4b(16, 32, false), i2(0, 16, false),
       i1(0, 16, true);
-  // NV = 1 keeps lanes 0..7 = channels 0, 2, .., 14 and 8..15 = 1, 3, .., 15.
-  const __m512i to_split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-  const __m512i from_split = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
   __m512 a[K][NV];
-  for (int k = 0; k < K; ++k) {
-    const __m512 al = _mm512_set1_ps(alpha[k]);
-    for (int u = 0; u < NV; ++u)
-      a[k][u] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + (size_t)k * hd + c0 + 16 * u));
-    if constexpr (NV >= 2)
-      for (int u = 0; u < NV; u += 2) split_even_odd(&a[k][u], &a[k][u + 1]);
-    else
-      a[k][0] = _mm512_permutexvar_ps(to_split, a[k][0]);
-  }
+  acc_in<K, NV, true, true>(acc, hd, c0, alpha, a);
   for (uint32_t r = 0; r < nr; ++r) {
     const uint32_t n = runs[r].n;
     const uint8_t* codes = runs[r].v + c0 / 2;
@@ -504,19 +513,7 @@ KVRT_BF16 __attribute__((always_inline)) inline void values_pass_bf16(
       }
     }
   }
-  for (int k = 0; k < K; ++k) {
-    if constexpr (NV == 1) {
-      a[k][0] = _mm512_permutexvar_ps(from_split, _mm512_add_ps(a[k][0], _mm512_set1_ps(mb[k * ngv + G0])));
-    } else {
-      for (int u = 0; u < NV; u += 2) {
-        const __m512 mv = _mm512_set1_ps(mb[k * ngv + G0 + u / 2]);
-        a[k][u] = _mm512_add_ps(a[k][u], mv);
-        a[k][u + 1] = _mm512_add_ps(a[k][u + 1], mv);
-        join_even_odd(&a[k][u], &a[k][u + 1]);
-      }
-    }
-    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + (size_t)k * hd + c0 + 16 * u, a[k][u]);
-  }
+  acc_out<K, NV, true, true>(a, mb, ngv, hd, c0, acc);
 }
 
 template <int K>
