@@ -705,27 +705,16 @@ BlockQFn pick_ng(uint32_t ng) {
   }
 }
 
-// q4 values as bf16 dot products (values_bf16); the table picks this step
-// where the CPU has AVX-512 BF16 and VBMI.
-bool block_q_bf16(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
-                  size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng, float* m,
-                  float* l, float* acc) {
-  if (!qattn_block_q_takes(hd, ng)) return false;
-  const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
-  const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4, true>(ng))
-                        : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4, true>(ng));
-  if (!f) return false;
-  f(blocks, nb, rbk, rbv, hd, q, scale, m, l, acc);
-  return true;
-}
-
+// BF: q4 values as bf16 dot products (values_bf16), where the table finds
+// the CPU has AVX-512 BF16 and VBMI.
+template <bool BF>
 bool block_q(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
              size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng, float* m, float* l,
              float* acc) {
   if (!qattn_block_q_takes(hd, ng)) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
-  const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
-                        : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));
+  const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4, BF>(ng))
+                        : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4, BF>(ng));
   if (!f) return false;
   f(blocks, nb, rbk, rbv, hd, q, scale, m, l, acc);
   return true;
@@ -739,23 +728,20 @@ bool block_q(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb
 const QAttnOps* qattn_ops_avx512(bool bf16_values) {
   const QAttnOps* base = qattn_ops_avx2();
   if (!base) return nullptr;
-  static const QAttnOps ops[2] = {[&] {
+  auto make = [&](bool bf16) {
     QAttnOps o = *base;
     // The integer key path needs AVX-512 VNNI (vpdpbusd); without it the
     // AVX2 table's step serves.
-    if (__builtin_cpu_supports("avx512vnni")) o.block_q = block_q;
-    return o;
-  }(), [&] {
-    QAttnOps o = *base;
     if (__builtin_cpu_supports("avx512vnni")) {
-      o.block_q = block_q;
-      if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi")) {
-        o.block_q = block_q_bf16;
+      o.block_q = block_q<false>;
+      if (bf16 && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi")) {
+        o.block_q = block_q<true>;
         o.bf16_values = true;
       }
     }
     return o;
-  }()};
+  };
+  static const QAttnOps ops[2] = {make(false), make(true)};
   return &ops[bf16_values];
 }
 

@@ -5,6 +5,8 @@
 #include <math.h>
 #include <string.h>
 
+#include <atomic>
+
 #include "../common/fp16.h"
 #include "../common/kv-quant.h"
 
@@ -112,11 +114,11 @@ const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,  k_f16_scalar,   v_i8_sc
                              v_u4_scalar,  v_f16_scalar, exp_sum_scalar, cvt_f16_scalar,
                              fold_scalar,  nullptr,      false};
 
-bool g_bf16_values = true;  // qattn_allow_bf16_values
+std::atomic<bool> g_bf16_values{true};  // qattn_allow_bf16_values
 
 const QAttnOps& ops() {
   if (cpu_isa() >= CpuIsa::avx512) {
-    const QAttnOps* o = qattn_ops_avx512(g_bf16_values);
+    const QAttnOps* o = qattn_ops_avx512(g_bf16_values.load(std::memory_order_relaxed));
     if (o) return *o;
   }
   if (cpu_isa() >= CpuIsa::avx2) {
@@ -374,7 +376,7 @@ bool qattn_rounds_query(uint32_t head_dim, uint32_t ng) {
   return op.block_q && qattn_block_q_takes(head_dim, pass_heads(op, head_dim, ng));
 }
 
-void qattn_allow_bf16_values(bool allow) { g_bf16_values = allow; }
+void qattn_allow_bf16_values(bool allow) { g_bf16_values.store(allow, std::memory_order_relaxed); }
 
 bool qattn_bf16_values(uint32_t head_dim, uint32_t ng) {
   return qattn_rounds_query(head_dim, ng) && ops().bf16_values;

@@ -136,7 +136,7 @@ const QAttnOps* qattn_ops_avx512(bool bf16_values);
 // Whether the AVX-512 level may take q4 values as bf16 dot products (the
 // default; true). Off, it keeps them in float as CPUs without AVX-512 BF16
 // do, so that tests and benchmarks reach that step on any AVX-512 CPU.
-// Not thread-safe against running kernels.
+// Kernel calls that start after it see the new setting.
 void qattn_allow_bf16_values(bool allow);
 
 }  // namespace kvrt_k

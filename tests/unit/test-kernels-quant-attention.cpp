@@ -311,6 +311,8 @@ void test_kernel_levels(void**) {
             const uint32_t ng = std::min(group - hq % group / kQAttnGroupChunk * kQAttnGroupChunk, kQAttnGroupChunk);
             if (qattn_bf16_values(hd, ng))
               reference(c, layer, q.data() + o, hq, n_head, n_tokens, true, ref, nullptr, &vb);
+            else
+              vb.assign(hd, 0.0);
             for (uint32_t ch = 0; ch < hd; ++ch)
               kt::check_close(out2[o + ch], out[o + ch], 1e-5 + 2 * vb[ch], "merged", o + ch, ctx);
           }
