@@ -226,12 +226,6 @@ float exp_sum(const float* s, float m, uint32_t n, float* p) {
   return sum;
 }
 
-void cvt_f16(const uint16_t* src, uint32_t n, float* dst) {
-  uint32_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_h(src + i));
-  for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i]);
-}
-
 void fold(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_format,
           const uint16_t* k_scales, float* qs, float* bias) {
   const uint32_t h8 = hd & ~7u;
@@ -255,7 +249,7 @@ void fold(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_form
 }
 
 // The rounded-query step (block_q) is in attention-quant-int-avx2.cpp.
-const QAttnOps kAvx2Ops = {k_i8, k_u4, k_f16, v_i8, v_u4, v_f16, exp_sum, cvt_f16, fold,
+const QAttnOps kAvx2Ops = {k_i8, k_u4, k_f16, v_i8, v_u4, v_f16, exp_sum, fold,
                            qattn_block_q_avx2, false};
 
 }  // namespace

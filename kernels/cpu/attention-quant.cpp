@@ -106,12 +106,8 @@ float exp_sum_scalar(const float* s, float m, uint32_t n, float* p) {
   return sum;
 }
 
-void cvt_f16_scalar(const uint16_t* src, uint32_t n, float* dst) {
-  for (uint32_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
-}
-
 const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,  k_f16_scalar,   v_i8_scalar,
-                             v_u4_scalar,  v_f16_scalar, exp_sum_scalar, cvt_f16_scalar,
+                             v_u4_scalar,  v_f16_scalar, exp_sum_scalar,
                              fold_scalar,  nullptr,      false};
 
 std::atomic<bool> g_bf16_values{true};  // qattn_allow_bf16_values

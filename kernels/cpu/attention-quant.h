@@ -66,7 +66,7 @@ constexpr uint32_t kQAttnBatchBlocks = 4;
 // for n rows of codes (row stride rb bytes). v_*: acc[g * hd + c] +=
 // sum_t p[g * kQAttnChunk + t] * value(t, c), with per-token group scales
 // (ngv per token) and, for q4, minimums. exp_sum: p[t] = exp(s[t] - m),
-// returns the sum. cvt_f16 converts n halves.
+// returns the sum.
 struct QAttnOps {
   void (*k_i8)(const int8_t* codes, size_t rb, uint32_t n, uint32_t hd, const float* qs,
                const float* bias, uint32_t ng, float* s);
@@ -79,7 +79,6 @@ struct QAttnOps {
                uint32_t ngv, uint32_t n, uint32_t hd, const float* p, uint32_t ng, float* acc);
   void (*v_f16)(const uint16_t* v, uint32_t n, uint32_t hd, const float* p, uint32_t ng, float* acc);
   float (*exp_sum)(const float* s, float m, uint32_t n, float* p);
-  void (*cvt_f16)(const uint16_t* src, uint32_t n, float* dst);  // scales to f32
   // Folds a quantized block's per-channel key scales (and, for q4, minimums;
   // both f16 in k_scales, scales first) into ng queries q[g * hd + c]:
   // qs[g * hd + c] = q * scale * kscale_c, bias[g] = scale * sum_c q * kmin_c.

@@ -49,19 +49,6 @@ void kv_store(uint32_t format, void* dst, const float* src, size_t n) {
   }
 }
 
-void kv_load(uint32_t format, float* dst, const void* src, size_t n) {
-  if (format == KV_F32) {
-    memcpy(dst, src, n * sizeof(float));
-  } else if (format == KV_F16 || format == KV_BF16) {
-    const uint8_t* s = (const uint8_t*)src;
-    for (size_t i = 0; i < n; ++i) {
-      uint16_t h;
-      memcpy(&h, s + 2 * i, 2);
-      dst[i] = format == KV_F16 ? f16_to_f32(h) : bf16_to_f32(h);
-    }
-  }
-}
-
 namespace {
 
 float load_elem(uint32_t format, const uint8_t* base, size_t i) {
@@ -76,6 +63,10 @@ float load_elem(uint32_t format, const uint8_t* base, size_t i) {
 }
 
 }  // namespace
+
+void kv_load(uint32_t format, float* dst, const void* src, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = load_elem(format, (const uint8_t*)src, i);
+}
 
 // One key at a time per row: the textbook online softmax.
 void attn_rows(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {

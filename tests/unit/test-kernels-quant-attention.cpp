@@ -242,7 +242,7 @@ void check_out(const QCache& c, uint32_t layer, const std::vector<float>& q,
       const uint32_t ng = std::min(group - g0, kQAttnGroupChunk);
       const bool rounded = qattn_rounds_query(hd, ng), bf16v = qattn_bf16_values(hd, ng);
       double eps = 0.0;
-      reference(c, layer, q.data() + o, h, n_head, vis, rounded, ref, &eps, &vb);
+      reference(c, layer, q.data() + o, h, n_head, vis, rounded, ref, &eps, bf16v ? &vb : nullptr);
       if (!bf16v) vb.assign(hd, 0.0);
       for (uint32_t ch = 0; ch < hd; ++ch)
         kt::check_close(out[o + ch], ref[ch], kTol + vb[ch], "out", o + ch, ctx);
