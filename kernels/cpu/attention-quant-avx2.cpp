@@ -250,7 +250,7 @@ void fold(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_form
 
 // The rounded-query step (block_q) is in attention-quant-int-avx2.cpp.
 const QAttnOps kAvx2Ops = {k_i8, k_u4, k_f16, v_i8, v_u4, v_f16, exp_sum, fold,
-                           qattn_block_q_avx2, false};
+                           qattn_block_q_avx2, false, false};
 
 }  // namespace
 

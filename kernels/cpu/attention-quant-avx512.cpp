@@ -18,8 +18,8 @@ using namespace avx512_simd;
 // ---- VNNI step: integer key scores -------------------------------------
 // Keys are scored with vpdpbusd (64 u8 x s8 products per instruction)
 // against the query, folded with the block's key scales and rounded per
-// 32-channel group (int8 for q4 keys, 15 bits as two bytes for q8 keys), so
-// the key side costs a fraction of the float FMAs.
+// 32-channel group to 15 bits held as two bytes (norm_query, prep_query),
+// so the key side costs a fraction of the float FMAs.
 // The cache keeps the row layout of kv-quant.h: 16 rows of codes are
 // transposed in registers into vectors holding one 4-byte code group of
 // each of 16 tokens, which gives 16 token scores per instruction and no
@@ -84,10 +84,10 @@ inline void transpose_rows(const uint8_t* codes, size_t rb, uint32_t n, size_t o
 }
 
 // Key code vectors kc[m] (m < hd / 4): lane t = the 4 codes of token t that
-// meet dword m of the int8 query. q8: channels 4m..4m+3 (signed). q4: the
-// bytes of channels 8j..8j+7 split into low nibbles (m = 2j: channels 8j,
-// 8j+2, 8j+4, 8j+6) and high nibbles (m = 2j + 1: the odd channels); the
-// query is permuted to match.
+// meet dword m of each part (hi, lo) of the rounded query. q8: channels
+// 4m..4m+3 (signed). q4: the bytes of channels 8j..8j+7 split into low
+// nibbles (m = 2j: channels 8j, 8j+2, 8j+4, 8j+6) and high nibbles (m = 2j
+// + 1: the odd channels); the query is permuted to match.
 template <uint32_t KF>
 inline void key_vectors(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd, __m512i* kc) {
   const uint32_t row = (uint32_t)kvq_row_bytes(KF, hd);
@@ -141,88 +141,109 @@ inline void reduce_n(const __m512* v, uint32_t nv, float* out) {
   }
 }
 
-// The query of NG heads folded with the softmax scale and the block's key
-// scales, rounded per 32-channel group G to integers qi with
-// qs[c] ~= d[G] * qi[c], |error| <= d[G] / 2, d[G] = max|qs| / kQMax.
-// q4: qi fits int8 (kQMax 127), stored in the order of key_vectors (each 8
-// bytes: even channels, then odd); bias[g] = scale * sum_c q_c kmin_c.
-// q8: 15 bits (kQMax 16383), so rounding stays well below the error of q8
-// keys: qi = 128 * hi + lo, hi + 128 (the unsigned operand of vpdpbusd; the
-// key codes are the signed one) in bytes [0, hd) of the head, lo (0..127)
-// in bytes [hd, 2 hd).
-template <uint32_t KF>
-constexpr float kQMax = KF == kKvqQ8 ? 16383.0f : 127.0f;
-template <uint32_t KF>
-constexpr uint32_t kQBytes = KF == kKvqQ8 ? 2 : 1;  // query bytes per channel
+// The query is rounded to 15-bit integers per 32-channel group G, qi =
+// 128 * hi + lo (hi signed, lo in 0..127), in two steps:
+// - per call (norm_query): each head's query scaled so that the largest
+//   |q_c| of the group is kQMax, qn = q * (kQMax / max|q|), and dmq = max|q|
+//   * scale / kQMax;
+// - per block (prep_query): the key scales of the group divided by their
+//   largest, r_c = s_c * (1 / max s), and qi_c = round(qn_c * r_c), so that
+//   |qi| <= kQMax without a maximum per head, and the score is
+//   s_t = bias + sum_G d_G * (sum_c qi_c code_tc), d_G = dmq * max s.
+// The rounding step d_G is max|q| * max s / kQMax, at least that of the
+// exact product's maximum (by the factor max|q| max s / max|q s|), which
+// 15 bits leave far below the error of the key codes (docs/quantization.md).
+// Bytes per head: hi in [0, hp), lo in [hp, 2 hp) (hp = qpad(head_dim)). q8
+// keys are the signed operand of vpdpbusd, so hi is stored as hi + 128; q4
+// keys (nibbles) are the unsigned one, and both bytes are stored signed, in
+// the order of key_vectors (each 8 bytes: even channels, then odd).
+constexpr float kQMax = 16383.0f;
+constexpr uint32_t kQBytes = 2;  // query bytes per channel
 
-template <uint32_t KF, uint32_t NG>
-inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_t hd, uint8_t* qb,
-                       float* dq, float* bias) {
-  // A head_dim that is an odd multiple of 16 ends in a 16-channel group: its
-  // upper half reads as zero, and each head's bytes take qpad(hd) channels.
-  const uint32_t hp = qpad(hd), ng32 = hp / 32;
-  const __m512 sv = _mm512_set1_ps(scale);
-  const __m128i odd_even = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
-  __m512 bs[8];
-  for (uint32_t g = 0; g < 8; ++g) bs[g] = _mm512_setzero_ps();
-  // 32-channel groups of every head together: the key scales are loaded
-  // once, and 8 (head, group) maxima reduced at a time (NG * 2 <= 8 for a
-  // 64-channel head; wider heads take several batches).
-  constexpr uint32_t GB = NG >= 8 ? 1 : 8 / NG;  // groups per batch
-  for (uint32_t G0 = 0; G0 < ng32; G0 += GB) {
-    const uint32_t gn = ng32 - G0 < GB ? ng32 - G0 : GB;
-    __m512 a[GB][NG][2], mx[8];
-    for (uint32_t j = 0; j < 8; ++j) mx[j] = _mm512_setzero_ps();
-    for (uint32_t u = 0; u < gn; ++u) {
-      const uint32_t c = 32 * (G0 + u);
+template <uint32_t NG>
+inline void norm_query(const float* q, float scale, uint32_t hd, float* qn, float* dmq) {
+  const uint32_t hp = qpad(hd), ng32 = hp / 32, np = NG * ng32;
+  for (uint32_t p0 = 0; p0 < np; p0 += 8) {  // (head, group) pairs, 8 maxima reduced at a time
+    __m512 q0[8], q1[8], mx[8];
+    for (uint32_t j = 0; j < 8; ++j) {
+      mx[j] = q0[j] = q1[j] = _mm512_setzero_ps();
+      if (p0 + j >= np) continue;
+      const uint32_t g = (p0 + j) / ng32, c = 32 * ((p0 + j) % ng32);
       const __mmask16 up = c + 32 <= hd ? 0xffff : 0;  // the group's channels 16..31 exist
-      const __m512 k0 = _mm512_mul_ps(sv, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + c))));
-      const __m512 k1 = _mm512_mul_ps(sv, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(up, ksc + c + 16)));
-      __m512 m0 = _mm512_setzero_ps(), m1 = m0;
-      if constexpr (KF == kKvqQ4) {
-        m0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + hd + c)));
-        m1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(up, ksc + hd + c + 16));
-      }
-      for (uint32_t g = 0; g < NG; ++g) {
-        const __m512 q0 = _mm512_loadu_ps(q + (size_t)g * hd + c);
-        const __m512 q1 = _mm512_maskz_loadu_ps(up, q + (size_t)g * hd + c + 16);
-        a[u][g][0] = _mm512_mul_ps(q0, k0);
-        a[u][g][1] = _mm512_mul_ps(q1, k1);
-        mx[u * NG + g] = _mm512_max_ps(_mm512_abs_ps(a[u][g][0]), _mm512_abs_ps(a[u][g][1]));
-        if constexpr (KF == kKvqQ4) bs[g] = _mm512_fmadd_ps(q1, m1, _mm512_fmadd_ps(q0, m0, bs[g]));
-      }
+      q0[j] = _mm512_loadu_ps(q + (size_t)g * hd + c);
+      q1[j] = _mm512_maskz_loadu_ps(up, q + (size_t)g * hd + c + 16);
+      mx[j] = _mm512_max_ps(_mm512_abs_ps(q0[j]), _mm512_abs_ps(q1[j]));
     }
     const __m512 amax = reduce8<true>(mx);
-    alignas(64) float fd[16];
-    _mm512_store_ps(fd, _mm512_mul_ps(amax, _mm512_set1_ps(1.0f / kQMax<KF>)));
-    const __m512 fi = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ),
-                                          _mm512_set1_ps(kQMax<KF>), amax);
-    for (uint32_t u = 0; u < gn; ++u)
-      for (uint32_t g = 0; g < NG; ++g) {
-        const uint32_t j = lane8(u * NG + g), c = 32 * (G0 + u);
-        dq[g * ng32 + G0 + u] = fd[j];
-        // Broadcast in registers: a store and reload would lengthen the
-        // chain every score of the block waits for.
-        const __m512 inv = _mm512_permutexvar_ps(_mm512_set1_epi32((int)j), fi);
-        const __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(a[u][g][0], inv));
-        const __m512i ib = _mm512_cvtps_epi32(_mm512_mul_ps(a[u][g][1], inv));
-        uint8_t* o = qb + (size_t)g * kQBytes<KF> * hp + c;
-        if constexpr (KF == kKvqQ8) {
-          const __m128i flip = _mm_set1_epi8((char)0x80);
-          const __m512i low = _mm512_set1_epi32(127);
-          _mm_storeu_si128((__m128i*)o, _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_srai_epi32(ia, 7)), flip));
-          _mm_storeu_si128((__m128i*)(o + 16), _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_srai_epi32(ib, 7)), flip));
-          _mm_storeu_si128((__m128i*)(o + hp), _mm512_cvtepi32_epi8(_mm512_and_si512(ia, low)));
-          _mm_storeu_si128((__m128i*)(o + hp + 16), _mm512_cvtepi32_epi8(_mm512_and_si512(ib, low)));
-        } else {
-          _mm_storeu_si128((__m128i*)o, _mm_shuffle_epi8(_mm512_cvtepi32_epi8(ia), odd_even));
-          _mm_storeu_si128((__m128i*)(o + 16), _mm_shuffle_epi8(_mm512_cvtepi32_epi8(ib), odd_even));
-        }
+    alignas(64) float f[16], dm[16];
+    _mm512_store_ps(f, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                           _mm512_set1_ps(kQMax), amax));
+    const __m512 dmv = _mm512_mul_ps(_mm512_mul_ps(amax, _mm512_set1_ps(scale)), _mm512_set1_ps(1.0f / kQMax));
+    _mm512_store_ps(dm, dmv);
+    for (uint32_t j = 0; j < 8 && p0 + j < np; ++j) {
+      const uint32_t g = (p0 + j) / ng32, c = 32 * ((p0 + j) % ng32);
+      const __m512 fj = _mm512_set1_ps(f[lane8(j)]);
+      _mm512_storeu_ps(qn + (size_t)g * hp + c, _mm512_mul_ps(q0[j], fj));
+      _mm512_storeu_ps(qn + (size_t)g * hp + c + 16, _mm512_mul_ps(q1[j], fj));
+      dmq[p0 + j] = dm[lane8(j)];
+    }
+  }
+}
+
+// The rounded query of NG heads against one block (qb, d as above, [g][G]);
+// q4: bias[g] = scale * sum_c q_c kmin_c.
+template <uint32_t KF, uint32_t NG>
+inline void prep_query(const float* q, const float* qn, const float* dmq, float scale,
+                       const uint16_t* ksc, uint32_t hd, uint8_t* qb, float* dq, float* bias) {
+  const uint32_t hp = qpad(hd), ng32 = hp / 32;
+  // After the packs, dword 4L + i of the vector holds (L < 4): i = 0 hi of
+  // channels 4L.., 1 hi of 16 + 4L.., 2 lo of 4L.., 3 lo of 16 + 4L..
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const long long x80 = (long long)0x8080808080808080ull;
+  const __m512i flip = _mm512_setr_epi64(x80, x80, x80, x80, 0, 0, 0, 0);  // the hi bytes' + 128
+  const __m512i odd_even =
+      _mm512_broadcast_i32x4(_mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15));
+  __m512 bs[8];
+  for (uint32_t g = 0; g < 8; ++g) bs[g] = _mm512_setzero_ps();
+  for (uint32_t G = 0; G < ng32; ++G) {
+    const uint32_t c = 32 * G;
+    const __mmask16 up = c + 32 <= hd ? 0xffff : 0;
+    const __m512 k0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + c)));
+    const __m512 k1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(up, ksc + c + 16));
+    // Scales are >= 0 (-0 for an all-zero channel).
+    const float ms = _mm512_reduce_max_ps(_mm512_max_ps(k0, k1));
+    const __m512 inv = _mm512_set1_ps(ms > 0.0f ? 1.0f / ms : 0.0f);
+    const __m512 r0 = _mm512_mul_ps(k0, inv), r1 = _mm512_mul_ps(k1, inv);
+    __m512 m0 = _mm512_setzero_ps(), m1 = m0;
+    if constexpr (KF == kKvqQ4) {
+      m0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ksc + hd + c)));
+      m1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(up, ksc + hd + c + 16));
+    }
+    for (uint32_t g = 0; g < NG; ++g) {
+      dq[g * ng32 + G] = dmq[g * ng32 + G] * ms;
+      const __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qn + (size_t)g * hp + c), r0));
+      const __m512i ib = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qn + (size_t)g * hp + c + 16), r1));
+      const __m512i w = _mm512_packs_epi32(ia, ib);  // |qi| <= kQMax: no saturation
+      const __m512i hl =
+          _mm512_packs_epi16(_mm512_srai_epi16(w, 7), _mm512_and_si512(w, _mm512_set1_epi16(0x7f)));
+      __m512i b = _mm512_permutexvar_epi32(order, hl);  // hi bytes of channels c.., then lo
+      if constexpr (KF == kKvqQ8)
+        b = _mm512_xor_si512(b, flip);
+      else
+        b = _mm512_shuffle_epi8(b, odd_even);
+      uint8_t* o = qb + (size_t)g * kQBytes * hp + c;
+      _mm256_storeu_si256((__m256i*)o, _mm512_castsi512_si256(b));
+      _mm256_storeu_si256((__m256i*)(o + hp), _mm512_extracti64x4_epi64(b, 1));
+      if constexpr (KF == kKvqQ4) {
+        const __m512 q0 = _mm512_loadu_ps(q + (size_t)g * hd + c);
+        const __m512 q1 = _mm512_maskz_loadu_ps(up, q + (size_t)g * hd + c + 16);
+        bs[g] = _mm512_fmadd_ps(q1, m1, _mm512_fmadd_ps(q0, m0, bs[g]));
       }
+    }
   }
   if constexpr (KF == kKvqQ4) {
     alignas(64) float f[16];
-    _mm512_store_ps(f, _mm512_mul_ps(reduce8<false>(bs), sv));
+    _mm512_store_ps(f, _mm512_mul_ps(reduce8<false>(bs), _mm512_set1_ps(scale)));
     for (uint32_t g = 0; g < NG; ++g) bias[g] = f[lane8(g)];
   } else {
     for (uint32_t g = 0; g < NG; ++g) bias[g] = 0.0f;
@@ -230,37 +251,37 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
 }
 
 // Scores of 16 tokens for K heads over hp = qpad(head_dim) channels: s[k]
-// lane t = bias + sum over groups of d * integer dot product. q8: 128 *
-// (hi part) + (lo part), where the hi products are (hi + 128) * code, so 128
-// * (the group's code sum per token, one more vpdpbusd per code vector,
-// shared by the heads) is subtracted.
+// lane t = bias + sum over groups of d * integer dot product, 128 * (hi
+// part) + (lo part). q8: the hi products are (hi + 128) * code, so 128 *
+// (the group's code sum per token, one more vpdpbusd per code vector, shared
+// by the heads) is subtracted.
 template <uint32_t KF, int K>
 KVRT_VNNI inline void scores_vnni(const __m512i* kc, uint32_t hp, const uint8_t* qb, const float* d,
                         const float* bias, __m512* s) {
   const uint32_t ng32 = hp / 32;
-  const size_t qstride = (size_t)kQBytes<KF> * hp;
+  const size_t qstride = (size_t)kQBytes * hp;
   for (int k = 0; k < K; ++k) s[k] = _mm512_set1_ps(bias[k]);
   for (uint32_t G = 0; G < ng32; ++G) {
     __m512i acc[K], lo[K], col = _mm512_setzero_si512();
     for (int k = 0; k < K; ++k) acc[k] = lo[k] = _mm512_setzero_si512();
     for (uint32_t m = 8 * G; m < 8 * G + 8; ++m) {
       for (int k = 0; k < K; ++k) {
-        int32_t w;
-        __builtin_memcpy(&w, qb + k * qstride + 4 * m, 4);
+        int32_t wh, wl;
+        __builtin_memcpy(&wh, qb + k * qstride + 4 * m, 4);
+        __builtin_memcpy(&wl, qb + k * qstride + hp + 4 * m, 4);
         if constexpr (KF == kKvqQ8) {
-          int32_t wl;
-          __builtin_memcpy(&wl, qb + k * qstride + hp + 4 * m, 4);
-          acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_set1_epi32(w), kc[m]);
+          acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_set1_epi32(wh), kc[m]);
           lo[k] = _mm512_dpbusd_epi32(lo[k], _mm512_set1_epi32(wl), kc[m]);
         } else {
-          acc[k] = _mm512_dpbusd_epi32(acc[k], kc[m], _mm512_set1_epi32(w));
+          acc[k] = _mm512_dpbusd_epi32(acc[k], kc[m], _mm512_set1_epi32(wh));
+          lo[k] = _mm512_dpbusd_epi32(lo[k], kc[m], _mm512_set1_epi32(wl));
         }
       }
       if constexpr (KF == kKvqQ8) col = _mm512_dpbusd_epi32(col, _mm512_set1_epi8((char)0x80), kc[m]);
     }
     for (int k = 0; k < K; ++k) {
-      __m512i v = acc[k];
-      if constexpr (KF == kKvqQ8) v = _mm512_add_epi32(_mm512_slli_epi32(_mm512_sub_epi32(v, col), 7), lo[k]);
+      const __m512i hi = KF == kKvqQ8 ? _mm512_sub_epi32(acc[k], col) : acc[k];
+      const __m512i v = _mm512_add_epi32(_mm512_slli_epi32(hi, 7), lo[k]);
       s[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(d[k * ng32 + G]), s[k]);
     }
   }
@@ -647,7 +668,7 @@ KVRT_VNNI __attribute__((noinline)) void score_run(const uint8_t* kcodes, size_t
   key_vectors<KF>(kcodes, rbk, n, hd, kc);
   for (uint32_t g0 = 0; g0 < NG; g0 += 4) {
     constexpr int K = NG < 4 ? (int)NG : 4;
-    scores_vnni<KF, K>(kc, hp, qb + (size_t)g0 * kQBytes<KF> * hp, dq + (size_t)g0 * (hp / 32),
+    scores_vnni<KF, K>(kc, hp, qb + (size_t)g0 * kQBytes * hp, dq + (size_t)g0 * (hp / 32),
                        bias + g0, s + g0);
   }
   const __mmask16 live = tail_mask(n);
@@ -661,22 +682,23 @@ inline void prefetch_lines(const uint8_t* p, uint32_t n) {
     _mm_prefetch((const char*)x, _MM_HINT_T0);
 }
 
-// Blocks in runs of up to 16 rows: the query folded and rounded per block
-// (the key scales are per block), keys scored per run, and the softmax
-// update and values done per kMaxRuns runs.
+// Blocks in runs of up to 16 rows: the query scaled once per call and
+// rounded per block (the key scales are per block), keys scored per run,
+// and the softmax update and values done per kMaxRuns runs.
 template <uint32_t KF, uint32_t VF, uint32_t NG, bool BF>
 KVRT_VNNI void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, uint32_t hd,
-                         const float* q, float scale, float* m, float* l, float* acc) {
+                         const float* q, float scale, float* qn, float* m, float* l, float* acc) {
   const uint32_t ngv = qpad(hd) / 32;
-  alignas(64) uint8_t qb[NG * kQBytes<KF> * kQAttnMaxHeadDim];
-  float dq[NG * kMaxG32], bias[NG];
+  alignas(64) uint8_t qb[NG * kQBytes * kQAttnMaxHeadDim];
+  float dmq[NG * kMaxG32], dq[NG * kMaxG32], bias[NG];
+  norm_query<NG>(q, scale, hd, qn, dmq);
   __m512 s[kMaxRuns][8];
   VRun runs[kMaxRuns];
   uint32_t nr = 0;
   for (uint32_t i = 0; i < nb; ++i) {
     const QAttnBlock& B = blocks[i];
     prefetch_lines(B.pf_k, B.pf_k_bytes);
-    prep_query<KF, NG>(q, scale, B.k_scales, hd, qb, dq, bias);
+    prep_query<KF, NG>(q, qn, dmq, scale, B.k_scales, hd, qb, dq, bias);
     for (uint32_t t0 = 0; t0 < B.n; t0 += kVRows) {
       const uint32_t n = B.n - t0 < kVRows ? B.n - t0 : kVRows;
       score_run<KF, NG>(B.k + t0 * rbk, rbk, n, hd, qb, dq, bias, s[nr]);
@@ -692,7 +714,7 @@ KVRT_VNNI void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size
 }
 
 using BlockQFn = void (*)(const QAttnBlock*, uint32_t, size_t, size_t, uint32_t, const float*,
-                          float, float*, float*, float*);
+                          float, float*, float*, float*, float*);
 
 template <uint32_t KF, uint32_t VF, bool BF = false>
 BlockQFn pick_ng(uint32_t ng) {
@@ -709,14 +731,14 @@ BlockQFn pick_ng(uint32_t ng) {
 // the CPU has AVX-512 BF16 and VBMI.
 template <bool BF>
 bool block_q(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
-             size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng, float* m, float* l,
-             float* acc) {
+             size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng, float* work, float* m,
+             float* l, float* acc) {
   if (!qattn_block_q_takes(hd, ng)) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
   const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4, BF>(ng))
                         : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4, BF>(ng));
   if (!f) return false;
-  f(blocks, nb, rbk, rbv, hd, q, scale, m, l, acc);
+  f(blocks, nb, rbk, rbv, hd, q, scale, work, m, l, acc);
   return true;
 }
 
@@ -734,6 +756,7 @@ const QAttnOps* qattn_ops_avx512(bool bf16_values) {
     // AVX2 table's step serves.
     if (__builtin_cpu_supports("avx512vnni")) {
       o.block_q = block_q<false>;
+      o.q4_query_15bit = true;
       if (bf16 && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi")) {
         o.block_q = block_q<true>;
         o.bf16_values = true;

@@ -3,11 +3,12 @@
 // (attention-quant-avx512.cpp) with 8 rows per run where that one takes 16.
 // Keys are scored in integers against the query folded with each block's
 // key scales and rounded per 32 channels (int8 against q4 keys, 15 bits
-// against q8 keys), tokens in lanes so that no horizontal sums are needed;
+// against q8 keys; prep_query), tokens in lanes so that no horizontal sums are needed;
 // the softmax update is shared by 64 rows; values are accumulated in float
 // with the per-token value scales folded into the softmax weights. The
-// rounding is the AVX-512 step's, so both produce the same scores up to
-// float summation order.
+// q8 rounding is the AVX-512 step's, so both produce the same q8 scores up
+// to float summation order; q4 keys are rounded to int8 here (15 bits
+// there).
 //
 // AVX2 has no vpdpbusd; the integer products are exact all the same: q4
 // keys by vpmaddubsw, whose nibble x int8 pair sums cannot saturate, summed
@@ -83,10 +84,41 @@ inline void key_vectors(const uint8_t* codes, size_t rb, uint32_t n, uint32_t hd
   }
 }
 
+// Query rounding (docs/quantization.md, "Error bound of the rounded
+// query"; the tests model both rules):
+// - q8 keys: 15-bit integers as the AVX-512 step makes them
+//   (attention-quant-avx512.cpp, norm_query and prep_query): per call qn =
+//   q * (kQMax / max|q|) and dmq = max|q| * scale / kQMax per head and
+//   32-channel group, per block qi_c = round(qn_c * s_c / max s), d_G = dmq
+//   * max s.
+// - q4 keys: int8, from the folded query qs_c = q_c * scale * s_c, d_G =
+//   max|qs| / 127, qi_c = round(qs_c / d_G). A 15-bit query needs a second
+//   vpmaddubsw per code vector here, which made the q4 step 16% slower.
 template <uint32_t KF>
 constexpr float kQMax = KF == kKvqQ8 ? 16383.0f : 127.0f;
 template <uint32_t KF>
 constexpr uint32_t kQBytes = KF == kKvqQ8 ? 2 : 1;  // query bytes per channel
+
+// Per call, for q8 keys: qn and dmq as above.
+template <uint32_t NG>
+inline void norm_query(const float* q, float scale, uint32_t hd, float* qn, float* dmq) {
+  const uint32_t hp = qpad(hd), ng32 = hp / 32;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (uint32_t g = 0; g < NG; ++g)
+    for (uint32_t G = 0; G < ng32; ++G) {
+      const uint32_t c = 32 * G;
+      const int nu = c + 32 <= hd ? 4 : 2;  // vectors of 8 channels that exist
+      __m256 v[4], mx = _mm256_setzero_ps();
+      for (int u = 0; u < 4; ++u) {
+        v[u] = u < nu ? _mm256_loadu_ps(q + (size_t)g * hd + c + 8 * u) : _mm256_setzero_ps();
+        mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[u]));
+      }
+      const float mq = hmax(mx);
+      const __m256 f = _mm256_set1_ps(mq > 0.0f ? kQMax<kKvqQ8> / mq : 0.0f);
+      for (int u = 0; u < 4; ++u) _mm256_storeu_ps(qn + (size_t)g * hp + c + 8 * u, _mm256_mul_ps(v[u], f));
+      dmq[g * ng32 + G] = mq * scale * (1.0f / kQMax<kKvqQ8>);
+    }
+}
 
 // Four vectors of 8 int32 (channels 0..31 in order) -> 32 bytes in channel
 // order (values must fit int8).
@@ -95,15 +127,13 @@ inline __m256i pack_bytes(const __m256i* x) {
   return _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-// The query of NG heads folded with the softmax scale and the block's key
-// scales and rounded per 32-channel group G to qi with qs ~= d[G] * qi,
-// d[G] = max|qs| / kQMax (the AVX-512 step's rule, which the tests model).
-// q4: qi int8 in key_vectors order, bias[g] = scale * sum_c q_c kmin_c. q8:
+// The rounded query of NG heads against one block (d[g][G] as above). q8:
 // qi as int16, the channels of each 4 in the order 0, 2, 1, 3 (dword 2m
-// pairs channels 4m and 4m + 2, dword 2m + 1 the other two).
+// pairs channels 4m and 4m + 2, dword 2m + 1 the other two). q4: qi int8 in
+// key_vectors order, bias[g] = scale * sum_c q_c kmin_c.
 template <uint32_t KF, uint32_t NG>
-inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_t hd, uint8_t* qb,
-                       float* dq, float* bias) {
+inline void prep_query(const float* q, const float* qn, const float* dmq, float scale,
+                       const uint16_t* ksc, uint32_t hd, uint8_t* qb, float* dq, float* bias) {
   // A head_dim that is an odd multiple of 16 ends in a 16-channel group:
   // its upper half is zero, and each head's bytes take qpad(hd) channels.
   const uint32_t hp = qpad(hd), ng32 = hp / 32;
@@ -118,33 +148,47 @@ inline void prep_query(const float* q, float scale, const uint16_t* ksc, uint32_
     for (int u = 0; u < 4; ++u) {
       k[u] = mn[u] = _mm256_setzero_ps();
       if (u >= nu) continue;
-      k[u] = _mm256_mul_ps(sv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ksc + c + 8 * u))));
-      if constexpr (KF == kKvqQ4) mn[u] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ksc + hd + c + 8 * u)));
-    }
-    for (uint32_t g = 0; g < NG; ++g) {
-      __m256 a[4], mx = _mm256_setzero_ps();
-      for (int u = 0; u < 4; ++u) {
-        const __m256 qv = u < nu ? _mm256_loadu_ps(q + (size_t)g * hd + c + 8 * u) : _mm256_setzero_ps();
-        a[u] = _mm256_mul_ps(qv, k[u]);
-        mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, a[u]));
-        if constexpr (KF == kKvqQ4) bs[g] = _mm256_fmadd_ps(qv, mn[u], bs[g]);
+      k[u] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ksc + c + 8 * u)));
+      if constexpr (KF == kKvqQ4) {
+        k[u] = _mm256_mul_ps(sv, k[u]);
+        mn[u] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ksc + hd + c + 8 * u)));
       }
-      const float amax = hmax(mx);
-      dq[g * ng32 + G] = amax * (1.0f / kQMax<KF>);
-      const __m256 inv = _mm256_set1_ps(amax > 0.0f ? kQMax<KF> / amax : 0.0f);
-      __m256i ia[4];
-      for (int u = 0; u < 4; ++u) ia[u] = _mm256_cvtps_epi32(_mm256_mul_ps(a[u], inv));
-      uint8_t* o = qb + (size_t)kQBytes<KF> * (g * hp + c);
-      if constexpr (KF == kKvqQ8) {
-        const __m256i pairs = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
-                                               0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+    }
+    if constexpr (KF == kKvqQ8) {
+      // Scales are >= 0 (-0 for an all-zero channel).
+      const float ms = hmax(_mm256_max_ps(_mm256_max_ps(k[0], k[1]), _mm256_max_ps(k[2], k[3])));
+      const __m256 inv = _mm256_set1_ps(ms > 0.0f ? 1.0f / ms : 0.0f);
+      for (int u = 0; u < 4; ++u) k[u] = _mm256_mul_ps(k[u], inv);
+      const __m256i pairs = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
+                                             0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+      for (uint32_t g = 0; g < NG; ++g) {
+        dq[g * ng32 + G] = dmq[g * ng32 + G] * ms;
+        __m256i ia[4];
+        for (int u = 0; u < 4; ++u)
+          ia[u] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(qn + (size_t)g * hp + c + 8 * u), k[u]));
+        uint8_t* o = qb + (size_t)kQBytes<KF> * (g * hp + c);
         for (int u = 0; u < 4; u += 2) {
           const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(ia[u], ia[u + 1]), 0xD8);
           _mm256_storeu_si256((__m256i*)(o + 16 * u), _mm256_shuffle_epi8(w, pairs));
         }
-      } else {
-        const __m256i odd_even = _mm256_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
-                                                  0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+      }
+    } else {
+      const __m256i odd_even = _mm256_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
+                                                0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+      for (uint32_t g = 0; g < NG; ++g) {
+        __m256 a[4], mx = _mm256_setzero_ps();
+        for (int u = 0; u < 4; ++u) {
+          const __m256 qv = u < nu ? _mm256_loadu_ps(q + (size_t)g * hd + c + 8 * u) : _mm256_setzero_ps();
+          a[u] = _mm256_mul_ps(qv, k[u]);
+          mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, a[u]));
+          bs[g] = _mm256_fmadd_ps(qv, mn[u], bs[g]);
+        }
+        const float amax = hmax(mx);
+        dq[g * ng32 + G] = amax * (1.0f / kQMax<KF>);
+        const __m256 inv = _mm256_set1_ps(amax > 0.0f ? kQMax<KF> / amax : 0.0f);
+        __m256i ia[4];
+        for (int u = 0; u < 4; ++u) ia[u] = _mm256_cvtps_epi32(_mm256_mul_ps(a[u], inv));
+        uint8_t* o = qb + (size_t)kQBytes<KF> * (g * hp + c);
         _mm256_storeu_si256((__m256i*)o, _mm256_shuffle_epi8(pack_bytes(ia), odd_even));
       }
     }
@@ -376,17 +420,18 @@ inline void prefetch_lines(const uint8_t* p, uint32_t n) {
 // update and values done per kMaxRuns runs.
 template <uint32_t KF, uint32_t VF, uint32_t NG>
 void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, uint32_t hd, const float* q,
-               float scale, float* m, float* l, float* acc) {
+               float scale, float* qn, float* m, float* l, float* acc) {
   const uint32_t ngv = qpad(hd) / 32;
   alignas(32) uint8_t qb[NG * kQBytes<KF> * kQAttnMaxHeadDim];
-  float dq[NG * kMaxG32], bias[NG];
+  float dmq[NG * kMaxG32], dq[NG * kMaxG32], bias[NG];
+  if constexpr (KF == kKvqQ8) norm_query<NG>(q, scale, hd, qn, dmq);
   __m256 s[kMaxRuns][8];
   VRun runs[kMaxRuns];
   uint32_t nr = 0;
   for (uint32_t i = 0; i < nb; ++i) {
     const QAttnBlock& B = blocks[i];
     prefetch_lines(B.pf_k, B.pf_k_bytes);
-    prep_query<KF, NG>(q, scale, B.k_scales, hd, qb, dq, bias);
+    prep_query<KF, NG>(q, qn, dmq, scale, B.k_scales, hd, qb, dq, bias);
     for (uint32_t t0 = 0; t0 < B.n; t0 += kRows) {
       const uint32_t n = B.n - t0 < kRows ? B.n - t0 : kRows;
       score_run<KF, NG>(B.k + t0 * rbk, rbk, n, hd, qb, dq, bias, s[nr]);
@@ -402,7 +447,7 @@ void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, ui
 }
 
 using BlockQFn = void (*)(const QAttnBlock*, uint32_t, size_t, size_t, uint32_t, const float*, float,
-                          float*, float*, float*);
+                          float*, float*, float*, float*);
 
 template <uint32_t KF, uint32_t VF>
 BlockQFn pick_ng(uint32_t ng) {
@@ -418,14 +463,14 @@ BlockQFn pick_ng(uint32_t ng) {
 }  // namespace
 
 bool qattn_block_q_avx2(uint32_t kfmt, uint32_t vfmt, const QAttnBlock* blocks, uint32_t nb, size_t rbk,
-                        size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng, float* m,
-                        float* l, float* acc) {
+                        size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng, float* work,
+                        float* m, float* l, float* acc) {
   if (!qattn_block_q_takes(hd, ng)) return false;
   const bool k8 = kfmt == kKvqQ8, v8 = vfmt == kKvqQ8;
   const BlockQFn f = k8 ? (v8 ? pick_ng<kKvqQ8, kKvqQ8>(ng) : pick_ng<kKvqQ8, kKvqQ4>(ng))
                         : (v8 ? pick_ng<kKvqQ4, kKvqQ8>(ng) : pick_ng<kKvqQ4, kKvqQ4>(ng));
   if (!f) return false;
-  f(blocks, nb, rbk, rbv, hd, q, scale, m, l, acc);
+  f(blocks, nb, rbk, rbv, hd, q, scale, work, m, l, acc);
   return true;
 }
 

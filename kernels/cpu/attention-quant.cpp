@@ -108,7 +108,7 @@ float exp_sum_scalar(const float* s, float m, uint32_t n, float* p) {
 
 const QAttnOps kScalarOps = {k_i8_scalar,  k_u4_scalar,  k_f16_scalar,   v_i8_scalar,
                              v_u4_scalar,  v_f16_scalar, exp_sum_scalar,
-                             fold_scalar,  nullptr,      false};
+                             fold_scalar,  nullptr,      false,          false};
 
 std::atomic<bool> g_bf16_values{true};  // qattn_allow_bf16_values
 
@@ -212,7 +212,8 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
                    pf ? a.blocks[pb] + koff : nullptr, pf ? a.blocks[pb] + voff : nullptr,
                    (uint32_t)L.k_head_bytes, (uint32_t)L.v_head_bytes};
       }
-      if (op.block_q(L.k_format, L.v_format, blk, nb, rbk, rbv, hd, q0, a.scale, ngh, m, l,
+      // qs (the float step's folded query, set per block) is its work space.
+      if (op.block_q(L.k_format, L.v_format, blk, nb, rbk, rbv, hd, q0, a.scale, ngh, qs, m, l,
                      acc)) {
         b += nb - 1;
         continue;
@@ -376,6 +377,10 @@ void qattn_allow_bf16_values(bool allow) { g_bf16_values.store(allow, std::memor
 
 bool qattn_bf16_values(uint32_t head_dim, uint32_t ng) {
   return qattn_rounds_query(head_dim, ng) && ops().bf16_values;
+}
+
+uint32_t qattn_query_bits(uint32_t k_format) {
+  return k_format == KV_Q8 || ops().q4_query_15bit ? 15 : 8;
 }
 
 void attention_quant(const QAttnArgs& qa, uint32_t kv_head) {

@@ -87,18 +87,23 @@ struct QAttnOps {
   // Optional fused step over nb <= kQAttnBatchBlocks quantized blocks (rows
   // blocks[i].n <= the block's tokens of each) that folds the query itself
   // per block (q unscaled, k_scales as for fold), rounds the folded query
-  // per 32 channels (int8 against q4 keys, 15 bits against q8; the error
-  // bound is in docs/quantization.md) and updates the online softmax once per
-  // 64 scored rows rather than once per block. Tried before fold and the
-  // k_*/v_* loops for the shapes qattn_block_q_takes(hd, ng) accepts;
-  // returns false otherwise.
+  // per 32 channels (15 bits against q8 keys; against q4 keys 15 bits with
+  // q4_query_15bit, else int8; the rules and error bound are in
+  // docs/quantization.md) and updates the online softmax once per 64 scored
+  // rows rather than once per block. `work` holds ng * kQAttnMaxHeadDim
+  // floats the step may overwrite (the caller's, so that the step's own
+  // stack frame stays small). Tried before fold and the k_*/v_* loops for
+  // the shapes qattn_block_q_takes(hd, ng) accepts; returns false otherwise.
   bool (*block_q)(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks, uint32_t nb,
                   size_t rbk, size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng,
-                  float* m, float* l, float* acc);
+                  float* work, float* m, float* l, float* acc);
   // block_q accumulates q4 values as bf16 dot products: each weight p *
   // value scale rounded to bf16 (relative error <= 2^-8; the bound is in
   // docs/quantization.md). Other value formats stay float.
   bool bf16_values;
+  // block_q rounds the query to 15 bits against q4 keys, as against q8 keys
+  // (the AVX-512 step); without it, to int8 (the AVX2 step).
+  bool q4_query_15bit;
 };
 
 // True when, at the current ISA level, a pass of ng query heads (passes
@@ -110,6 +115,9 @@ bool qattn_rounds_query(uint32_t head_dim, uint32_t ng);
 // True when such a pass also takes its q4 values as bf16 dot products
 // (QAttnOps::bf16_values), as tests must know.
 bool qattn_bf16_values(uint32_t head_dim, uint32_t ng);
+// Bits of the rounded query against keys of k_format at the current ISA
+// level (QAttnOps::block_q): 15 or 8, as tests must know.
+uint32_t qattn_query_bits(uint32_t k_format);
 
 const QAttnOps& qattn_ops_scalar();
 // Null when this build has no AVX2 version.
@@ -127,7 +135,7 @@ bool qattn_block_q_takes(uint32_t hd, uint32_t ng);
 // table's QAttnOps::block_q.
 bool qattn_block_q_avx2(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks,
                         uint32_t nb, size_t rbk, size_t rbv, uint32_t hd, const float* q,
-                        float scale, uint32_t ng, float* m, float* l, float* acc);
+                        float scale, uint32_t ng, float* work, float* m, float* l, float* acc);
 // The AVX2 table with AVX-512 versions where they exist; null without AVX2.
 // With bf16_values, block_q takes q4 values as bf16 dot products where the
 // CPU has AVX-512 BF16 and VBMI.

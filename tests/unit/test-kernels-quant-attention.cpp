@@ -100,37 +100,51 @@ QAttnArgs args(const QCache& c, uint32_t layer, const std::vector<float>& q, std
 }
 
 // Score of key t (head h, query q) as a kernel that rounds the query
-// computes it (QAttnOps::block_q, docs/quantization.md): the query folded
-// in float with the softmax scale and the block's key scales, rounded per
-// 32 channels (the last group of a head_dim that is an odd multiple of 16
-// has 16) to integers with d = max|folded| / qmax (q4 keys: 127, an int8
-// query; q8 keys: 16383), times the integer codes.
+// computes it (QAttnOps::block_q, docs/quantization.md), per 32 channels
+// (the last group of a head_dim that is an odd multiple of 16 has 16), in
+// the kernels' float operations and order. With 15 bits: the query scaled
+// so that its largest |q| is 16383, times the block's key scales divided
+// by their largest, rounded to integers qi; d = max|q| * softmax scale /
+// 16383 * max key scale. With 8 bits: the query folded with the softmax
+// scale and the key scales, qs, rounded with d = max|qs| / 127. The score
+// is the sum over groups of d * sum qi * code.
 // *bound gets sum over groups of d / 2 * sum |code|: how far that score may
 // be from the unrounded one.
 double rounded_score(const QCache& c, uint32_t layer, const float* q, uint32_t kvh, uint32_t t,
-                     double* bound) {
+                     uint32_t bits, double* bound) {
   const KvLayout& L = c.layout;
   const uint32_t hd = L.head_dim, bt = L.block_tokens, b = t / bt, j = t % bt;
   const uint8_t* kp = c.blocks[b].data() + kv_k_offset(L, layer, kvh);
   const uint16_t* ks = (const uint16_t*)(kp + kvq_scale_offset(L.k_format, bt, hd));
   const size_t rb = kvq_row_bytes(L.k_format, hd);
-  const float scale = 1.0f / sqrtf((float)hd);
+  const float scale = 1.0f / sqrtf((float)hd), qmax = bits == 15 ? 16383.0f : 127.0f;
   double s = 0.0;
   *bound = 0.0;
   for (uint32_t g0 = 0; g0 < hd; g0 += 32) {
     const uint32_t gn = std::min(32u, hd - g0);
-    float qs[32], amax = 0.0f;
+    float qi[32], mq = 0.0f, ms = 0.0f, mqs = 0.0f, d;
     for (uint32_t ch = 0; ch < gn; ++ch) {
-      qs[ch] = q[g0 + ch] * (scale * f16_to_f32(ks[g0 + ch]));
-      amax = std::max(amax, fabsf(qs[ch]));
+      const float kscale = f16_to_f32(ks[g0 + ch]);
+      qi[ch] = q[g0 + ch] * (scale * kscale);  // 8 bits: the folded query
+      mq = std::max(mq, fabsf(q[g0 + ch]));
+      ms = std::max(ms, kscale);
+      mqs = std::max(mqs, fabsf(qi[ch]));
     }
-    const float qmax = L.k_format == KV_Q8 ? 16383.0f : 127.0f;
-    const float inv = amax > 0.0f ? qmax / amax : 0.0f, d = amax * (1.0f / qmax);
+    if (bits == 15) {
+      const float f = mq > 0.0f ? qmax / mq : 0.0f, inv = ms > 0.0f ? 1.0f / ms : 0.0f;
+      for (uint32_t ch = 0; ch < gn; ++ch)
+        qi[ch] = nearbyintf((q[g0 + ch] * f) * (f16_to_f32(ks[g0 + ch]) * inv));
+      d = mq * scale * (1.0f / qmax) * ms;
+    } else {
+      const float inv = mqs > 0.0f ? qmax / mqs : 0.0f;
+      for (uint32_t ch = 0; ch < gn; ++ch) qi[ch] = nearbyintf(qi[ch] * inv);
+      d = mqs * (1.0f / qmax);
+    }
     double dot = 0.0, codes = 0.0;
-    for (uint32_t ch = g0; ch < g0 + gn; ++ch) {
-      const int code = L.k_format == KV_Q8 ? (int)((const int8_t*)kp)[j * rb + ch]
-                                           : (int)kvq_get4(kp + j * rb, ch);
-      dot += (double)nearbyintf(qs[ch - g0] * inv) * code;
+    for (uint32_t ch = 0; ch < gn; ++ch) {
+      const int code = L.k_format == KV_Q8 ? (int)((const int8_t*)kp)[j * rb + g0 + ch]
+                                           : (int)kvq_get4(kp + j * rb, g0 + ch);
+      dot += (double)qi[ch] * code;
       codes += abs(code);
     }
     s += (double)d * dot;
@@ -153,8 +167,8 @@ double q4_value_step(const QCache& c, uint32_t layer, uint32_t kvh, uint32_t t, 
 }
 
 // Softmax attention in double of query qi, head h, over [0, vis). With
-// `rounded`, keys of quantized blocks are scored as rounded_score() and
-// *eps gets the largest score bound. With vbound, (*vbound)[ch] gets how far
+// `rounded`, keys of quantized blocks are scored as rounded_score() with the
+// current level's query bits and *eps gets the largest score bound. With vbound, (*vbound)[ch] gets how far
 // a kernel whose q4 value weights are rounded to bf16 (relative error <=
 // 2^-8 each) may be from out: 2^-8 * sum_t p_t |scale * code| / sum_t p_t.
 void reference(const QCache& c, uint32_t layer, const float* q, uint32_t h, uint32_t n_head,
@@ -171,7 +185,7 @@ void reference(const QCache& c, uint32_t layer, const float* q, uint32_t h, uint
   for (uint32_t t = 0; t < vis; ++t) {
     if (rounded && t < n_quant) {
       double bound;
-      s[t] = rounded_score(c, layer, q, kvh, t, &bound);
+      s[t] = rounded_score(c, layer, q, kvh, t, qattn_query_bits(c.layout.k_format), &bound);
       if (eps) *eps = std::max(*eps, bound);
     } else {
       double d = 0;
@@ -325,13 +339,19 @@ void test_kernel_levels(void**) {
 // multiple of 16 up to 512 and every head count up to 8 (3, 5, 6, 7
 // padded) at the SIMD levels, nothing at the scalar one; q4 values as bf16
 // dot products in every such pass at the AVX-512 level of a CPU with AVX-512
-// BF16, VBMI and VNNI, in none elsewhere. test_kernel_levels
-// picks its reference from qattn_rounds_query, so without this a shape
-// quietly falling back to the float step would still pass there.
+// BF16, VBMI and VNNI, in none elsewhere; a 15-bit query against q8 keys,
+// and against q4 keys at that AVX-512 level (with VNNI), int8 elsewhere.
+// test_kernel_levels picks its reference from qattn_rounds_query and
+// qattn_query_bits, so without this a shape quietly falling back to the
+// float step, or a level rounding the other way, would still pass there.
 void test_rounded_shapes(void**) {
   for (CpuIsa isa : kt::isa_levels()) {
     cpu_isa_set(isa);
     const bool simd = isa != CpuIsa::scalar;
+    const uint32_t q4_bits = isa == CpuIsa::avx512 && __builtin_cpu_supports("avx512vnni") ? 15 : 8;
+    if (simd && (qattn_query_bits(KV_Q8) != 15 || qattn_query_bits(KV_Q4) != q4_bits))
+      fail_msg("%s: query bits q8 %u q4 %u, want 15 and %u", cpu_isa_name(isa), qattn_query_bits(KV_Q8),
+               qattn_query_bits(KV_Q4), q4_bits);
     for (uint32_t hd = 8; hd <= 528; hd += 8)
       for (uint32_t ng = 1; ng <= kQAttnGroupChunk; ++ng) {
         const bool want = simd && hd % 16 == 0 && hd <= kQAttnMaxHeadDim;
