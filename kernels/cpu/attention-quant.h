@@ -57,7 +57,7 @@ struct QAttnBlock {
   uint32_t pf_k_bytes, pf_v_bytes;
 };
 // Blocks per QAttnOps::block_q call.
-constexpr uint32_t kQAttnBatchBlocks = 4;
+constexpr uint32_t kQAttnBatchBlocks = 16;
 
 // The inner loops, one table per ISA level (scalar reference, AVX2, AVX-512;
 // `block_q` may be null). Each works on `ng` query heads at once so a row
