@@ -178,8 +178,8 @@ inline void norm_query(const float* q, float scale, uint32_t hd, float* qn, floa
     alignas(64) float f[16], dm[16];
     _mm512_store_ps(f, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ),
                                            _mm512_set1_ps(kQMax), amax));
-    const __m512 dmv = _mm512_mul_ps(_mm512_mul_ps(amax, _mm512_set1_ps(scale)), _mm512_set1_ps(1.0f / kQMax));
-    _mm512_store_ps(dm, dmv);
+    _mm512_store_ps(dm, _mm512_mul_ps(_mm512_mul_ps(amax, _mm512_set1_ps(scale)),
+                                      _mm512_set1_ps(1.0f / kQMax)));
     for (uint32_t j = 0; j < 8 && p0 + j < np; ++j) {
       const uint32_t g = (p0 + j) / ng32, c = 32 * ((p0 + j) % ng32);
       const __m512 fj = _mm512_set1_ps(f[lane8(j)]);
@@ -221,8 +221,9 @@ inline void prep_query(const float* q, const float* qn, const float* dmq, float 
     }
     for (uint32_t g = 0; g < NG; ++g) {
       dq[g * ng32 + G] = dmq[g * ng32 + G] * ms;
-      const __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qn + (size_t)g * hp + c), r0));
-      const __m512i ib = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qn + (size_t)g * hp + c + 16), r1));
+      const float* qg = qn + (size_t)g * hp + c;
+      const __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qg), r0));
+      const __m512i ib = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qg + 16), r1));
       const __m512i w = _mm512_packs_epi32(ia, ib);  // |qi| <= kQMax: no saturation
       const __m512i hl =
           _mm512_packs_epi16(_mm512_srai_epi16(w, 7), _mm512_and_si512(w, _mm512_set1_epi16(0x7f)));

@@ -3,7 +3,8 @@
 // (attention-quant-avx512.cpp) with 8 rows per run where that one takes 16.
 // Keys are scored in integers against the query folded with each block's
 // key scales and rounded per 32 channels (int8 against q4 keys, 15 bits
-// against q8 keys; prep_query), tokens in lanes so that no horizontal sums are needed;
+// against q8 keys; prep_query), tokens in lanes so that no horizontal sums
+// are needed;
 // the softmax update is shared by 64 rows; values are accumulated in float
 // with the per-token value scales folded into the softmax weights. The
 // q8 rounding is the AVX-512 step's, so both produce the same q8 scores up

@@ -167,10 +167,11 @@ double q4_value_step(const QCache& c, uint32_t layer, uint32_t kvh, uint32_t t, 
 }
 
 // Softmax attention in double of query qi, head h, over [0, vis). With
-// `rounded`, keys of quantized blocks are scored as rounded_score() with the
-// current level's query bits and *eps gets the largest score bound. With vbound, (*vbound)[ch] gets how far
-// a kernel whose q4 value weights are rounded to bf16 (relative error <=
-// 2^-8 each) may be from out: 2^-8 * sum_t p_t |scale * code| / sum_t p_t.
+// `rounded`, keys of quantized blocks are scored as rounded_score() with
+// the current level's query bits and *eps gets the largest score bound.
+// With vbound, (*vbound)[ch] gets how far a kernel whose q4 value weights
+// are rounded to bf16 (relative error <= 2^-8 each) may be from out:
+// 2^-8 * sum_t p_t |scale * code| / sum_t p_t.
 void reference(const QCache& c, uint32_t layer, const float* q, uint32_t h, uint32_t n_head,
                uint32_t vis, bool rounded, std::vector<double>& out, double* eps = nullptr,
                std::vector<double>* vbound = nullptr) {
