@@ -21,7 +21,7 @@ inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
 }
 
 // e^x for x <= 0: degree-6 polynomial after a reduction by ln 2 (as the AVX2
-// version); x < -87 (and -inf) gives 0.
+// version), scaled by 2^k with vscalefps; x < -87 (and -inf) gives 0.
 inline __m512 exp_neg(__m512 x) {
   const __m512 lo = _mm512_set1_ps(-87.0f);
   const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
@@ -37,8 +37,7 @@ inline __m512 exp_neg(__m512 x) {
   y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
   y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
   y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps((__mmask16)~under, y, _mm512_castsi512_ps(e));
+  return _mm512_maskz_scalef_ps((__mmask16)~under, y, k);
 }
 
 // The first min(left, 16) lanes.
