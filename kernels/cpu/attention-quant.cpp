@@ -127,8 +127,12 @@ const QAttnOps& ops() {
 // Query heads handled together per pass over a block, so each block is read
 // from memory and its codes converted once for the whole group.
 constexpr uint32_t kGroupChunk = kQAttnGroupChunk;
-// Blocks fetched ahead of the one being computed.
-constexpr uint32_t kPrefetchBlocks = 8;
+// Positions fetched ahead of the block being computed: 8 blocks of 16
+// tokens, 2 of 64. A fixed number of blocks ahead kept 64-token blocks'
+// lines in flight past what the L1 cache holds (8 x 8.4 KB for a q8 head of
+// 64 channels): q8 and q4 attention took 11-14% and 25-29% longer than
+// with 2 blocks ahead (docs/quantization.md, "Block size").
+constexpr uint32_t kPrefetchTokens = 128;
 
 // The head count a pass of ng query heads runs with: ng itself, or, where
 // the rounded-query step takes the next power of two but not ng (3, 5, 6 or
@@ -173,7 +177,7 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
   float qs[kGroupChunk * kQAttnMaxHeadDim], bias[kGroupChunk], s[kGroupChunk * C],
       p[kGroupChunk * C];
   // Blocks are scattered (block table), so hardware prefetchers miss the
-  // stream: fetch this head's K and V kPrefetchBlocks blocks ahead.
+  // stream: fetch this head's K and V pfd blocks ahead.
   const uint32_t b_end = t0 < t1 ? (t1 + bt - 1) / bt : 0;
   const uint32_t b_quant_end = qa.n_quant_blocks < b_end ? qa.n_quant_blocks : b_end;
   const size_t koff = kv_k_offset(L, a.layer, kv_head), voff = kv_v_offset(L, a.layer, kv_head);
@@ -187,7 +191,8 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
     for (uintptr_t x = (uintptr_t)vb & ~(uintptr_t)63; x < (uintptr_t)vb + L.v_head_bytes; x += 64)
       __builtin_prefetch((const void*)x, 0, 3);
   };
-  for (uint32_t pb = t0 / bt; pb < t0 / bt + kPrefetchBlocks; ++pb) prefetch(pb);
+  const uint32_t pfd = kPrefetchTokens / bt > 2 ? kPrefetchTokens / bt : 2;
+  for (uint32_t pb = t0 / bt; pb < t0 / bt + pfd; ++pb) prefetch(pb);
   const bool rounded = op.block_q && qattn_block_q_takes(hd, ngh);
   for (uint32_t b = t0 / bt; t0 < t1 && b * bt < t1; ++b) {
     // The rounded-query step takes up to kQAttnBatchBlocks quantized blocks
@@ -200,7 +205,7 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
         // block_q prefetches block pb itself, between its steps: issued here
         // at once, four blocks' lines held up the steps behind them when
         // the cache comes from memory (measured 25-30% slower for q8).
-        const uint32_t pb = bb + kPrefetchBlocks;
+        const uint32_t pb = bb + pfd;
         const uint8_t* kp = a.blocks[bb] + koff;
         const uint8_t* vp = a.blocks[bb] + voff;
         const uint16_t* vsc = (const uint16_t*)(vp + kvq_scale_offset(L.v_format, bt, hd));
@@ -219,7 +224,7 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
         continue;
       }
     }
-    prefetch(b + kPrefetchBlocks);
+    prefetch(b + pfd);
     const bool quant = b < qa.n_quant_blocks;
     const uint8_t* kp;
     const uint8_t* vp;
