@@ -109,10 +109,6 @@ void attn_rows_t(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& ro
   uint32_t t_max = 0;
   for (int r = 0; r < R; ++r) t_max = rows.t_end[r] > t_max ? rows.t_end[r] : t_max;
   const uint32_t bt = L.block_tokens;
-  // Blocks come through the block table, scattered in memory, so hardware
-  // prefetchers (which stop at page edges) do not see the stream: fetch keys
-  // and values kPrefetchTokens ahead, far enough to cover DRAM latency.
-  constexpr uint32_t kPrefetchTokens = 128;
   const size_t krow = hd * elem_bytes(KF), vrow = hd * elem_bytes(VF);
   uint32_t pf = rows.t0;  // first position not yet prefetched
   auto prefetch_to = [&](uint32_t end) {
@@ -138,7 +134,7 @@ void attn_rows_t(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& ro
     if (n > t_max - t) n = t_max - t;
     if (n > detail::ATTN_CHUNK_TOKENS) n = detail::ATTN_CHUNK_TOKENS;
     const uint8_t* blk = a.blocks[t / bt];
-    prefetch_to(t + n + kPrefetchTokens);
+    prefetch_to(t + n + detail::ATTN_PREFETCH_TOKENS);
     attn_chunk<KF, VF, R>(rows, hd, a.scale, blk + koff + slot * krow, blk + voff + slot * vrow, t, n);
     t += n;
   }

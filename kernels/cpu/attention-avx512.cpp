@@ -154,9 +154,6 @@ void rows_t(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {
   for (uint32_t r = 0; r < rows.n; ++r) t_max = rows.t_end[r] > t_max ? rows.t_end[r] : t_max;
   const uint32_t bt = L.block_tokens;
   const size_t krow = hd * ebytes(KF), vrow = hd * ebytes(VF);
-  // Blocks are scattered (block table): prefetch kPrefetchTokens ahead, far
-  // enough to cover DRAM latency, as hardware prefetchers stop at pages.
-  constexpr uint32_t kPrefetchTokens = 128;
   uint32_t pf = rows.t0;
   auto prefetch_to = [&](uint32_t end) {
     if (end > t_max) end = t_max;
@@ -181,7 +178,7 @@ void rows_t(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {
     if (n > t_max - t) n = t_max - t;
     if (n > kChunk) n = kChunk;
     const uint8_t* blk = a.blocks[t / bt];
-    prefetch_to(t + n + kPrefetchTokens);
+    prefetch_to(t + n + detail::ATTN_PREFETCH_TOKENS);
     chunk<KF, VF>(rows, hd, a.scale, blk + koff + slot * krow, blk + voff + slot * vrow, t, n);
     t += n;
   }

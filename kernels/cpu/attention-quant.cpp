@@ -9,6 +9,7 @@
 
 #include "../common/fp16.h"
 #include "../common/kv-quant.h"
+#include "cpu-kernels-impl.h"
 
 namespace kvrt_k {
 
@@ -127,12 +128,6 @@ const QAttnOps& ops() {
 // Query heads handled together per pass over a block, so each block is read
 // from memory and its codes converted once for the whole group.
 constexpr uint32_t kGroupChunk = kQAttnGroupChunk;
-// Positions fetched ahead of the block being computed: 8 blocks of 16
-// tokens, 2 of 64. A fixed number of blocks ahead kept 64-token blocks'
-// lines in flight past what the L1 cache holds (8 x 8.4 KB for a q8 head of
-// 64 channels): q8 and q4 attention took 11-14% and 25-29% longer than
-// with 2 blocks ahead (docs/quantization.md, "Block size").
-constexpr uint32_t kPrefetchTokens = 128;
 
 // The head count a pass of ng query heads runs with: ng itself, or, where
 // the rounded-query step takes the next power of two but not ng (3, 5, 6 or
@@ -176,8 +171,8 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
   const size_t rbk = kvq_row_bytes(L.k_format, hd), rbv = kvq_row_bytes(L.v_format, hd);
   float qs[kGroupChunk * kQAttnMaxHeadDim], bias[kGroupChunk], s[kGroupChunk * C],
       p[kGroupChunk * C];
-  // Blocks are scattered (block table), so hardware prefetchers miss the
-  // stream: fetch this head's K and V pfd blocks ahead.
+  // Fetch this head's K and V blocks ATTN_PREFETCH_TOKENS ahead, in whole
+  // blocks (at least 2: 8 of 16 tokens, 2 of 64).
   const uint32_t b_end = t0 < t1 ? (t1 + bt - 1) / bt : 0;
   const uint32_t b_quant_end = qa.n_quant_blocks < b_end ? qa.n_quant_blocks : b_end;
   const size_t koff = kv_k_offset(L, a.layer, kv_head), voff = kv_v_offset(L, a.layer, kv_head);
@@ -191,7 +186,7 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
     for (uintptr_t x = (uintptr_t)vb & ~(uintptr_t)63; x < (uintptr_t)vb + L.v_head_bytes; x += 64)
       __builtin_prefetch((const void*)x, 0, 3);
   };
-  const uint32_t pfd = kPrefetchTokens / bt > 2 ? kPrefetchTokens / bt : 2;
+  const uint32_t pf_blocks = detail::ATTN_PREFETCH_TOKENS / bt, pfd = pf_blocks > 2 ? pf_blocks : 2;
   for (uint32_t pb = t0 / bt; pb < t0 / bt + pfd; ++pb) prefetch(pb);
   const bool rounded = op.block_q && qattn_block_q_takes(hd, ngh);
   for (uint32_t b = t0 / bt; t0 < t1 && b * bt < t1; ++b) {

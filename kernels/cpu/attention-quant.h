@@ -85,12 +85,12 @@ struct QAttnOps {
   void (*fold)(const float* q, uint32_t ng, uint32_t hd, float scale, uint32_t k_format,
                const uint16_t* k_scales, float* qs, float* bias);
   // Optional fused step over nb <= kQAttnBatchBlocks quantized blocks (rows
-  // blocks[i].n <= the block's tokens of each) that folds the query itself
-  // per block (q unscaled, k_scales as for fold), rounds the folded query
-  // per 32 channels (15 bits against q8 keys; against q4 keys 15 bits with
-  // q4_query_15bit, else int8; the rules and error bound are in
-  // docs/quantization.md) and updates the online softmax once per 64 scored
-  // rows rather than once per block. `work` holds ng * kQAttnMaxHeadDim
+  // blocks[i].n <= the block's tokens of each) that applies each block's key
+  // scales itself (q unscaled, k_scales as for fold), scores the keys
+  // against the query rounded per 32 channels and block (15 bits against q8
+  // keys; against q4 keys 15 bits with q4_query_15bit, else int8; the rules
+  // and error bound are in docs/quantization.md) and updates the online
+  // softmax once per 64 scored rows rather than once per block. `work` holds ng * kQAttnMaxHeadDim
   // floats the step may overwrite (the caller's, so that the step's own
   // stack frame stays small). Tried before fold and the k_*/v_* loops for
   // the shapes qattn_block_q_takes(hd, ng) accepts; returns false otherwise.

@@ -15,6 +15,13 @@ namespace detail {
 constexpr uint32_t ATTN_MAX_ROWS = 8;
 // Keys scored per step (bounded so scores fit in a small stack buffer).
 constexpr uint32_t ATTN_CHUNK_TOKENS = 32;
+// Cache positions prefetched ahead of the ones being computed. Blocks are
+// scattered (block table) and hardware prefetchers stop at page edges, so
+// every attention kernel fetches its K and V rows this far ahead: far
+// enough to cover DRAM latency, and counted in positions, not blocks, so
+// that large blocks do not keep more lines in flight than the L1 cache
+// holds (docs/quantization.md, "Block size").
+constexpr uint32_t ATTN_PREFETCH_TOKENS = 128;
 
 // A set of rows sharing one KV head. Row r sees positions [t0, t_end[r]);
 // its running state (m, l) and unnormalized accumulator acc[r][head_dim] are

@@ -21,11 +21,10 @@ inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
 }
 
 // e^x for x <= 0: degree-6 polynomial after a reduction by ln 2 (as the AVX2
-// version), scaled by 2^k with vscalefps; x < -87 (and -inf) gives 0.
+// version), scaled by 2^k with vscalefps; x < -87 (and -inf) gives 0 (the
+// lanes are zeroed at the end, whatever the polynomial made of them).
 inline __m512 exp_neg(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.0f);
-  const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  x = _mm512_max_ps(x, lo);
+  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
