@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../common/fp16.h"
+#include "attention-walk.h"
 #include "cpu-kernels-impl.h"
 #include "simd-avx2.h"
 
@@ -14,34 +15,37 @@ using namespace simd;
 
 namespace {
 
-// Scores, softmax update and V accumulation for R rows over one run of at
-// most ATTN_CHUNK_TOKENS keys that lie in one block (contiguous in memory).
+using detail::AttnRun;
+
+// Scores, softmax update and V accumulation for R rows over one chunk: runs
+// [0, n_runs) covering n positions from t (attention-walk.h).
 template <uint32_t KF, uint32_t VF, int R>
-void attn_chunk(const detail::AttnRows& rows, size_t hd, float scale, const uint8_t* kp,
-                const uint8_t* vp, uint32_t t, uint32_t n) {
+void attn_chunk(const detail::AttnRows& rows, size_t hd, float scale, const AttnRun* runs,
+                uint32_t n_runs, uint32_t t, uint32_t n) {
   constexpr size_t ek = elem_bytes(KF), ev = elem_bytes(VF);
   alignas(32) float s[R][detail::ATTN_CHUNK_TOKENS];
-  for (uint32_t j = 0; j < n; ++j) {
-    const uint8_t* krow = kp + j * hd * ek;
-    // Two partial sums per row halve the FMA dependency chain.
-    __m256 acc[2][R];
-    for (int r = 0; r < R; ++r) acc[0][r] = acc[1][r] = _mm256_setzero_ps();
-    size_t d = 0;
-    for (; d + 16 <= hd; d += 16)
-      for (int h = 0; h < 2; ++h) {
-        __m256 kv = load8<KF>(krow + (d + 8 * h) * ek);
+  for (uint32_t i = 0; i < n_runs; ++i)
+    for (uint32_t j = runs[i].off, e = j + runs[i].n; j < e; ++j) {
+      const uint8_t* krow = runs[i].kp + (j - runs[i].off) * hd * ek;
+      // Two partial sums per row halve the FMA dependency chain.
+      __m256 acc[2][R];
+      for (int r = 0; r < R; ++r) acc[0][r] = acc[1][r] = _mm256_setzero_ps();
+      size_t d = 0;
+      for (; d + 16 <= hd; d += 16)
+        for (int h = 0; h < 2; ++h) {
+          __m256 kv = load8<KF>(krow + (d + 8 * h) * ek);
+          for (int r = 0; r < R; ++r)
+            acc[h][r] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(rows.q[r] + d + 8 * h), acc[h][r]);
+        }
+      if (d < hd) {
+        __m256 kv = load8<KF>(krow + d * ek);
         for (int r = 0; r < R; ++r)
-          acc[h][r] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(rows.q[r] + d + 8 * h), acc[h][r]);
+          acc[0][r] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(rows.q[r] + d), acc[0][r]);
       }
-    if (d < hd) {
-      __m256 kv = load8<KF>(krow + d * ek);
       for (int r = 0; r < R; ++r)
-        acc[0][r] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(rows.q[r] + d), acc[0][r]);
+        s[r][j] = t + j < rows.t_end[r] ? scale * hsum(_mm256_add_ps(acc[0][r], acc[1][r]))
+                                        : -INFINITY;
     }
-    for (int r = 0; r < R; ++r)
-      s[r][j] = t + j < rows.t_end[r] ? scale * hsum(_mm256_add_ps(acc[0][r], acc[1][r]))
-                                      : -INFINITY;
-  }
   // Pad to whole vectors with -inf so the vector max/exp below see no garbage.
   const uint32_t n8 = (n + 7) & ~7u;
   for (int r = 0; r < R; ++r)
@@ -82,16 +86,21 @@ void attn_chunk(const detail::AttnRows& rows, size_t hd, float scale, const uint
       o[0][r] = _mm256_loadu_ps(rows.acc[r] + d);
       if constexpr (C == 2) o[C - 1][r] = _mm256_setzero_ps();
     }
-    uint32_t j = 0;
-    for (; j + C <= n; j += C)
-      for (int c = 0; c < C; ++c) {
-        __m256 vv = load8<VF>(vp + ((j + c) * hd + d) * ev);
+    for (uint32_t i = 0; i < n_runs; ++i) {
+      const uint8_t* vrun = runs[i].vp;
+      const uint32_t off = runs[i].off, m = runs[i].n;
+      uint32_t j = 0;
+      for (; j + C <= m; j += C)
+        for (int c = 0; c < C; ++c) {
+          __m256 vv = load8<VF>(vrun + ((j + c) * hd + d) * ev);
+          for (int r = 0; r < R; ++r)
+            o[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(s[r][off + j + c]), vv, o[c][r]);
+        }
+      for (; j < m; ++j) {
+        __m256 vv = load8<VF>(vrun + (j * hd + d) * ev);
         for (int r = 0; r < R; ++r)
-          o[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(s[r][j + c]), vv, o[c][r]);
+          o[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(s[r][off + j]), vv, o[0][r]);
       }
-    for (; j < n; ++j) {
-      __m256 vv = load8<VF>(vp + (j * hd + d) * ev);
-      for (int r = 0; r < R; ++r) o[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(s[r][j]), vv, o[0][r]);
     }
     for (int r = 0; r < R; ++r) {
       __m256 v = o[0][r];
@@ -103,39 +112,14 @@ void attn_chunk(const detail::AttnRows& rows, size_t hd, float scale, const uint
 
 template <uint32_t KF, uint32_t VF, int R>
 void attn_rows_t(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {
-  const KvLayout& L = *a.layout;
-  const size_t hd = L.head_dim;
-  const size_t koff = kv_k_offset(L, a.layer, kv_head), voff = kv_v_offset(L, a.layer, kv_head);
-  uint32_t t_max = 0;
-  for (int r = 0; r < R; ++r) t_max = rows.t_end[r] > t_max ? rows.t_end[r] : t_max;
-  const uint32_t bt = L.block_tokens;
-  const size_t krow = hd * elem_bytes(KF), vrow = hd * elem_bytes(VF);
-  uint32_t pf = rows.t0;  // first position not yet prefetched
-  auto prefetch_to = [&](uint32_t end) {
-    if (end > t_max) end = t_max;
-    while (pf < end) {
-      const uint32_t slot = pf % bt;
-      uint32_t n = bt - slot;
-      if (n > end - pf) n = end - pf;
-      const uint8_t* blk = a.blocks[pf / bt];
-      const char* kp = (const char*)(blk + koff + slot * krow);
-      const char* vp = (const char*)(blk + voff + slot * vrow);
-      // Runs need not start on a cache line: cover every line they touch.
-      for (uintptr_t x = (uintptr_t)kp & ~(uintptr_t)63; x < (uintptr_t)kp + n * krow; x += 64)
-        _mm_prefetch((const char*)x, _MM_HINT_T0);
-      for (uintptr_t x = (uintptr_t)vp & ~(uintptr_t)63; x < (uintptr_t)vp + n * vrow; x += 64)
-        _mm_prefetch((const char*)x, _MM_HINT_T0);
-      pf += n;
-    }
-  };
-  for (uint32_t t = rows.t0; t < t_max;) {
-    const uint32_t slot = t % bt;
-    uint32_t n = bt - slot;
-    if (n > t_max - t) n = t_max - t;
-    if (n > detail::ATTN_CHUNK_TOKENS) n = detail::ATTN_CHUNK_TOKENS;
-    const uint8_t* blk = a.blocks[t / bt];
-    prefetch_to(t + n + detail::ATTN_PREFETCH_TOKENS);
-    attn_chunk<KF, VF, R>(rows, hd, a.scale, blk + koff + slot * krow, blk + voff + slot * vrow, t, n);
+  const size_t hd = a.layout->head_dim;
+  detail::AttnWalk w = detail::attn_walk(a, kv_head, rows, hd * elem_bytes(KF), hd * elem_bytes(VF));
+  AttnRun runs[detail::ATTN_CHUNK_RUNS];
+  uint32_t n_runs;
+  for (uint32_t t = rows.t0; t < w.t_max;) {
+    const uint32_t n = w.chunk(t, runs, &n_runs);
+    w.prefetch_to(t + n + detail::ATTN_PREFETCH_TOKENS);
+    attn_chunk<KF, VF, R>(rows, hd, a.scale, runs, n_runs, t, n);
     t += n;
   }
 }

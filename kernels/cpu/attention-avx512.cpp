@@ -1,12 +1,14 @@
 // AVX-512 attention over paged K/V blocks in f32, f16 or bf16: four keys
 // scored per pass with one transposed reduction, 64 value channels of up to
-// four rows accumulated per pass.
+// four rows accumulated per pass, and the softmax state updated once per
+// chunk of up to 64 positions, which may span several blocks.
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
 
 #include <type_traits>
 
+#include "attention-walk.h"
 #include "cpu-kernels-impl.h"
 #include "simd-avx512.h"
 
@@ -17,9 +19,11 @@ namespace {
 
 using namespace avx512_simd;
 
+using detail::AttnRun;
 constexpr uint32_t kChunk = detail::ATTN_CHUNK_TOKENS;
-// Score rows hold the chunk rounded up to whole 16-lane vectors.
-constexpr uint32_t kSRow = (kChunk + 15) & ~15u;
+// Score rows hold the chunk and the up to three -inf columns a run may
+// write past it, rounded up to whole 16-lane vectors.
+constexpr uint32_t kSRow = (kChunk + 3 + 15) & ~15u;
 
 constexpr size_t ebytes(uint32_t f) { return f == KV_F32 ? 4 : 2; }
 
@@ -37,12 +41,27 @@ inline __m512 load16(const uint8_t* p) {
 }
 
 // Scores of K rows (r0..r0+K) against keys [0, n) of one contiguous run at
-// position t; keys past n (read from the last key) and positions a row may
-// not see get -inf.
+// position t, into columns [off, off + n); up to three columns past them
+// (keys read from the last one) get -inf, as do positions a row may not see.
 template <uint32_t KF, int K>
 inline void scores(const detail::AttnRows& rows, int r0, size_t hd, float scale, const uint8_t* kp,
-                   uint32_t t, uint32_t n, float (*s)[kSRow]) {
+                   uint32_t t, uint32_t n, uint32_t off, float (*s)[kSRow]) {
   constexpr size_t ek = ebytes(KF);
+  // Visible: j + u < n and t + j + u < t_end, so j + u < lim[g].
+  uint32_t lim[K];
+  for (int g = 0; g < K; ++g) {
+    const uint32_t te = rows.t_end[r0 + g];
+    lim[g] = te > t ? te - t : 0;
+    lim[g] = lim[g] < n ? lim[g] : n;
+  }
+  __m512i lim16 = _mm512_setzero_si512(), lane_u = _mm512_setzero_si512();
+  if constexpr (K == 4) {
+    lim16 = _mm512_setr_epi32((int)lim[0], (int)lim[0], (int)lim[0], (int)lim[0], (int)lim[1],
+                              (int)lim[1], (int)lim[1], (int)lim[1], (int)lim[2], (int)lim[2],
+                              (int)lim[2], (int)lim[2], (int)lim[3], (int)lim[3], (int)lim[3],
+                              (int)lim[3]);
+    lane_u = _mm512_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+  }
   for (uint32_t j = 0; j < n; j += 4) {
     const uint8_t* kr[4];
     for (int u = 0; u < 4; ++u) kr[u] = kp + (j + u < n ? j + u : n - 1) * hd * ek;
@@ -57,25 +76,33 @@ inline void scores(const detail::AttnRows& rows, int r0, size_t hd, float scale,
         for (int u = 0; u < 4; ++u) a[g][u] = _mm512_fmadd_ps(q, x[u], a[g][u]);
       }
     }
+    if constexpr (K == 4) {
+      // All 16 sums in one transposed reduction: lane 4 g + u is row g's
+      // score of key j + u.
+      const __m512 v = _mm512_mul_ps(hsum16(a[0], a[1], a[2], a[3]), _mm512_set1_ps(scale));
+      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)j), lane_u);
+      const __m512 sv = _mm512_mask_blend_ps(_mm512_cmpgt_epi32_mask(lim16, idx),
+                                             _mm512_set1_ps(-INFINITY), v);
+      _mm_storeu_ps(&s[r0][off + j], _mm512_castps512_ps128(sv));
+      _mm_storeu_ps(&s[r0 + 1][off + j], _mm512_extractf32x4_ps(sv, 1));
+      _mm_storeu_ps(&s[r0 + 2][off + j], _mm512_extractf32x4_ps(sv, 2));
+      _mm_storeu_ps(&s[r0 + 3][off + j], _mm512_extractf32x4_ps(sv, 3));
+      continue;
+    }
     for (int g = 0; g < K; ++g) {
       const __m128 v = _mm_mul_ps(hsum4(a[g][0], a[g][1], a[g][2], a[g][3]), _mm_set1_ps(scale));
-      // Visible: j + u < n and t + j + u < t_end.
-      const uint32_t te = rows.t_end[r0 + g];
-      uint32_t lim = te > t ? te - t : 0;
-      lim = lim < n ? lim : n;
       const __m128i idx = _mm_add_epi32(_mm_set1_epi32((int)j), _mm_setr_epi32(0, 1, 2, 3));
-      const __m128 vis = _mm_castsi128_ps(_mm_cmpgt_epi32(_mm_set1_epi32((int)lim), idx));
-      _mm_storeu_ps(&s[r0 + g][j], _mm_blendv_ps(_mm_set1_ps(-INFINITY), v, vis));
+      const __m128 vis = _mm_castsi128_ps(_mm_cmpgt_epi32(_mm_set1_epi32((int)lim[g]), idx));
+      _mm_storeu_ps(&s[r0 + g][off + j], _mm_blendv_ps(_mm_set1_ps(-INFINITY), v, vis));
     }
   }
-  for (int g = 0; g < K; ++g)
-    for (uint32_t j = (n + 3) & ~3u; j < kSRow; ++j) s[r0 + g][j] = -INFINITY;
 }
 
-// acc[r] += sum_j p[r][j] v[j] for K rows from r0, 64 channels per pass.
+// acc[r] += sum_j p[r][j] v[j] for K rows from r0 over a chunk's runs, 64
+// channels per pass.
 template <uint32_t VF, int K>
-inline void accum(const detail::AttnRows& rows, int r0, size_t hd, const uint8_t* vp, uint32_t n,
-                  const float (*p)[kSRow]) {
+inline void accum(const detail::AttnRows& rows, int r0, size_t hd, const AttnRun* runs,
+                  uint32_t n_runs, const float (*p)[kSRow]) {
   constexpr size_t ev = ebytes(VF);
   for (size_t c0 = 0; c0 < hd; c0 += 64) {
     const int nv = hd - c0 >= 64 ? 4 : (int)(hd - c0) / 16;
@@ -83,14 +110,17 @@ inline void accum(const detail::AttnRows& rows, int r0, size_t hd, const uint8_t
     for (int g = 0; g < K; ++g)
       for (int u = 0; u < 4; ++u)
         a[g][u] = u < nv ? _mm512_loadu_ps(rows.acc[r0 + g] + c0 + 16 * u) : _mm512_setzero_ps();
-    for (uint32_t j = 0; j < n; ++j) {
-      const uint8_t* vr = vp + (j * hd + c0) * ev;
-      __m512 x[4];
-      for (int u = 0; u < 4; ++u) x[u] = u < nv ? load16<VF>(vr + 16 * u * ev) : _mm512_setzero_ps();
-      for (int g = 0; g < K; ++g) {
-        const __m512 w = _mm512_set1_ps(p[r0 + g][j]);
-        for (int u = 0; u < 4; ++u)
-          if (u < nv) a[g][u] = _mm512_fmadd_ps(w, x[u], a[g][u]);
+    for (uint32_t i = 0; i < n_runs; ++i) {
+      const AttnRun& run = runs[i];
+      for (uint32_t j = 0; j < run.n; ++j) {
+        const uint8_t* vr = run.vp + (j * hd + c0) * ev;
+        __m512 x[4];
+        for (int u = 0; u < 4; ++u) x[u] = u < nv ? load16<VF>(vr + 16 * u * ev) : _mm512_setzero_ps();
+        for (int g = 0; g < K; ++g) {
+          const __m512 w = _mm512_set1_ps(p[r0 + g][run.off + j]);
+          for (int u = 0; u < 4; ++u)
+            if (u < nv) a[g][u] = _mm512_fmadd_ps(w, x[u], a[g][u]);
+        }
       }
     }
     for (int g = 0; g < K; ++g)
@@ -110,26 +140,37 @@ inline void by_four(int R, F f) {
   }
 }
 
+// One chunk: runs[0..n_runs) cover n positions from t.
 template <uint32_t KF, uint32_t VF>
-void chunk(const detail::AttnRows& rows, size_t hd, float scale, const uint8_t* kp,
-           const uint8_t* vp, uint32_t t, uint32_t n) {
+void chunk(const detail::AttnRows& rows, size_t hd, float scale, const AttnRun* runs, uint32_t n_runs,
+           uint32_t t, uint32_t n) {
   alignas(64) float s[detail::ATTN_MAX_ROWS][kSRow];
   const int R = (int)rows.n;
-  by_four(R, [&](int r0, auto k) { scores<KF, decltype(k)::value>(rows, r0, hd, scale, kp, t, n, s); });
+  // Runs in order: a run's -inf padding past its end is overwritten by the
+  // next run's scores.
+  for (uint32_t i = 0; i < n_runs; ++i)
+    by_four(R, [&](int r0, auto k) {
+      scores<KF, decltype(k)::value>(rows, r0, hd, scale, runs[i].kp, t + runs[i].off, runs[i].n,
+                                     runs[i].off, s);
+    });
+  // Only the 16-lane vectors the chunk touches take part in the softmax.
+  const uint32_t n16 = (n + 15) & ~15u;
+  for (int r = 0; r < R; ++r)
+    for (uint32_t j = n; j < n16; ++j) s[r][j] = -INFINITY;
   for (int r = 0; r < R; ++r) {
     __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (uint32_t j = 0; j < kSRow; j += 16) mx = _mm512_max_ps(mx, _mm512_load_ps(&s[r][j]));
+    for (uint32_t j = 0; j < n16; j += 16) mx = _mm512_max_ps(mx, _mm512_load_ps(&s[r][j]));
     const float cmax = _mm512_reduce_max_ps(mx);
     AttnPartial* st = rows.st[r];
     if (cmax == -INFINITY) {  // nothing visible for this row here
-      for (uint32_t j = 0; j < kSRow; j += 16) _mm512_store_ps(&s[r][j], _mm512_setzero_ps());
+      for (uint32_t j = 0; j < n16; j += 16) _mm512_store_ps(&s[r][j], _mm512_setzero_ps());
       continue;
     }
     const float m_new = cmax > st->m ? cmax : st->m;
     const float alpha = expf(st->m - m_new);
     const __m512 mv = _mm512_set1_ps(m_new);
     __m512 lsum = _mm512_setzero_ps();
-    for (uint32_t j = 0; j < kSRow; j += 16) {
+    for (uint32_t j = 0; j < n16; j += 16) {
       const __m512 e = exp_neg(_mm512_sub_ps(_mm512_load_ps(&s[r][j]), mv));
       _mm512_store_ps(&s[r][j], e);
       lsum = _mm512_add_ps(lsum, e);
@@ -142,44 +183,19 @@ void chunk(const detail::AttnRows& rows, size_t hd, float scale, const uint8_t* 
         _mm512_storeu_ps(rows.acc[r] + d, _mm512_mul_ps(_mm512_loadu_ps(rows.acc[r] + d), av));
     }
   }
-  by_four(R, [&](int r0, auto k) { accum<VF, decltype(k)::value>(rows, r0, hd, vp, n, s); });
+  by_four(R, [&](int r0, auto k) { accum<VF, decltype(k)::value>(rows, r0, hd, runs, n_runs, s); });
 }
 
 template <uint32_t KF, uint32_t VF>
 void rows_t(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {
-  const KvLayout& L = *a.layout;
-  const size_t hd = L.head_dim;
-  const size_t koff = kv_k_offset(L, a.layer, kv_head), voff = kv_v_offset(L, a.layer, kv_head);
-  uint32_t t_max = 0;
-  for (uint32_t r = 0; r < rows.n; ++r) t_max = rows.t_end[r] > t_max ? rows.t_end[r] : t_max;
-  const uint32_t bt = L.block_tokens;
-  const size_t krow = hd * ebytes(KF), vrow = hd * ebytes(VF);
-  uint32_t pf = rows.t0;
-  auto prefetch_to = [&](uint32_t end) {
-    if (end > t_max) end = t_max;
-    while (pf < end) {
-      const uint32_t slot = pf % bt;
-      uint32_t n = bt - slot;
-      if (n > end - pf) n = end - pf;
-      const uint8_t* blk = a.blocks[pf / bt];
-      const char* kp = (const char*)(blk + koff + slot * krow);
-      const char* vp = (const char*)(blk + voff + slot * vrow);
-      // Runs need not start on a cache line: cover every line they touch.
-      for (uintptr_t x = (uintptr_t)kp & ~(uintptr_t)63; x < (uintptr_t)kp + n * krow; x += 64)
-        _mm_prefetch((const char*)x, _MM_HINT_T0);
-      for (uintptr_t x = (uintptr_t)vp & ~(uintptr_t)63; x < (uintptr_t)vp + n * vrow; x += 64)
-        _mm_prefetch((const char*)x, _MM_HINT_T0);
-      pf += n;
-    }
-  };
-  for (uint32_t t = rows.t0; t < t_max;) {
-    const uint32_t slot = t % bt;
-    uint32_t n = bt - slot;
-    if (n > t_max - t) n = t_max - t;
-    if (n > kChunk) n = kChunk;
-    const uint8_t* blk = a.blocks[t / bt];
-    prefetch_to(t + n + detail::ATTN_PREFETCH_TOKENS);
-    chunk<KF, VF>(rows, hd, a.scale, blk + koff + slot * krow, blk + voff + slot * vrow, t, n);
+  const size_t hd = a.layout->head_dim;
+  detail::AttnWalk w = detail::attn_walk(a, kv_head, rows, hd * ebytes(KF), hd * ebytes(VF));
+  AttnRun runs[detail::ATTN_CHUNK_RUNS];
+  uint32_t n_runs;
+  for (uint32_t t = rows.t0; t < w.t_max;) {
+    const uint32_t n = w.chunk(t, runs, &n_runs);
+    w.prefetch_to(t + n + detail::ATTN_PREFETCH_TOKENS);
+    chunk<KF, VF>(rows, hd, a.scale, runs, n_runs, t, n);
     t += n;
   }
 }

@@ -13,8 +13,6 @@ namespace detail {
 // Attention works on up to this many (query, head) rows at once, so each K/V
 // row loaded from the cache serves every row of the set.
 constexpr uint32_t ATTN_MAX_ROWS = 8;
-// Keys scored per step (bounded so scores fit in a small stack buffer).
-constexpr uint32_t ATTN_CHUNK_TOKENS = 32;
 // Cache positions prefetched ahead of the ones being computed. Blocks are
 // scattered (block table) and hardware prefetchers stop at page edges, so
 // every attention kernel fetches its K and V rows this far ahead: far

@@ -20,6 +20,30 @@ inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
+// Lane 4 i + u of the result is the sum of v[i][u]'s 16 lanes: sixteen
+// horizontal sums in one transposed reduction (pairs of vectors, then pairs
+// of pairs, then 128-bit lanes).
+inline __m512 hsum16(const __m512 (&v0)[4], const __m512 (&v1)[4], const __m512 (&v2)[4],
+                     const __m512 (&v3)[4]) {
+  const __m512* v[4] = {v0, v1, v2, v3};
+  __m512 x[8];  // x[k]: per 128-bit lane, halves of vectors 2k and 2k + 1 interleaved
+  for (int k = 0; k < 8; ++k) {
+    const __m512 a = v[k / 2][2 * (k % 2)], b = v[k / 2][2 * (k % 2) + 1];
+    x[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  __m512 y[4];  // y[k]: per 128-bit lane, vectors 4k..4k+3 summed over that lane
+  for (int k = 0; k < 4; ++k) {
+    const __m512d a = _mm512_castps_pd(x[2 * k]), b = _mm512_castps_pd(x[2 * k + 1]);
+    y[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  __m512 z[2];  // z[k]: 128-bit lanes summed in pairs
+  for (int k = 0; k < 2; ++k)
+    z[k] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * k], y[2 * k + 1], 0x88),
+                         _mm512_shuffle_f32x4(y[2 * k], y[2 * k + 1], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88), _mm512_shuffle_f32x4(z[0], z[1], 0xdd));
+}
+
 // e^x for x <= 0: degree-6 polynomial after a reduction by ln 2 (as the AVX2
 // version), scaled by 2^k with vscalefps; x < -87 (and -inf) gives 0 (the
 // lanes are zeroed at the end, whatever the polynomial made of them).

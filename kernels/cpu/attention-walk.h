@@ -1,0 +1,93 @@
+// The walk of the float-format attention kernels (f32, f16, bf16 caches)
+// over one KV head's blocks: chunks of up to ATTN_CHUNK_TOKENS positions
+// gathered from consecutive blocks, and the prefetches ahead of them.
+//
+// Included by each ISA's kernel file, which is compiled with its own
+// instruction-set flags: everything here has internal linkage so that no
+// file links another file's copy built for a wider ISA.
+#pragma once
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cpu-kernels-impl.h"
+
+namespace kvrt_k {
+namespace detail {
+namespace {
+
+// Positions per softmax update. A chunk gathers runs of consecutive blocks,
+// so that with 16-token blocks the row maxima, sums, the exponential of the
+// running maximum's change and the accumulator's rescaling are paid once
+// per 64 positions instead of once per block.
+constexpr uint32_t ATTN_CHUNK_TOKENS = 64;
+// Runs per chunk at most: blocks of fewer than 4 tokens give shorter chunks.
+constexpr uint32_t ATTN_CHUNK_RUNS = ATTN_CHUNK_TOKENS / 4;
+
+// One block's part of a chunk: n positions whose K and V rows start at kp
+// and vp; their scores go to columns [off, off + n) of the chunk.
+struct AttnRun {
+  const uint8_t* kp;
+  const uint8_t* vp;
+  uint32_t off, n;
+};
+
+struct AttnWalk {
+  const uint8_t* const* blocks;
+  size_t koff, voff;  // the head's K and V parts in a block
+  size_t krow, vrow;  // bytes per position
+  uint32_t bt, t_max;
+  uint32_t pf;  // first position not yet prefetched
+
+  // Runs from position t, up to ATTN_CHUNK_TOKENS positions before t_max;
+  // returns the positions they cover.
+  uint32_t chunk(uint32_t t, AttnRun* runs, uint32_t* n_runs) const {
+    uint32_t n = 0, k = 0;
+    while (t + n < t_max && n < ATTN_CHUNK_TOKENS && k < ATTN_CHUNK_RUNS) {
+      const uint32_t p = t + n, slot = p % bt;
+      uint32_t m = bt - slot;
+      if (m > t_max - p) m = t_max - p;
+      if (m > ATTN_CHUNK_TOKENS - n) m = ATTN_CHUNK_TOKENS - n;
+      const uint8_t* blk = blocks[p / bt];
+      runs[k++] = AttnRun{blk + koff + slot * krow, blk + voff + slot * vrow, n, m};
+      n += m;
+    }
+    *n_runs = k;
+    return n;
+  }
+
+  // Prefetches every cache line of the K and V rows of positions up to end.
+  void prefetch_to(uint32_t end) {
+    if (end > t_max) end = t_max;
+    while (pf < end) {
+      const uint32_t slot = pf % bt;
+      uint32_t n = bt - slot;
+      if (n > end - pf) n = end - pf;
+      const uint8_t* blk = blocks[pf / bt];
+      const char* kp = (const char*)(blk + koff + slot * krow);
+      const char* vp = (const char*)(blk + voff + slot * vrow);
+      // Runs need not start on a cache line: cover every line they touch.
+      for (uintptr_t x = (uintptr_t)kp & ~(uintptr_t)63; x < (uintptr_t)kp + n * krow; x += 64)
+        _mm_prefetch((const char*)x, _MM_HINT_T0);
+      for (uintptr_t x = (uintptr_t)vp & ~(uintptr_t)63; x < (uintptr_t)vp + n * vrow; x += 64)
+        _mm_prefetch((const char*)x, _MM_HINT_T0);
+      pf += n;
+    }
+  }
+};
+
+// The walk over kv_head's part of layer a.layer for rows, whose K and V
+// rows take krow and vrow bytes.
+inline AttnWalk attn_walk(const AttnArgs& a, uint32_t kv_head, const AttnRows& rows, size_t krow,
+                          size_t vrow) {
+  const KvLayout& L = *a.layout;
+  uint32_t t_max = 0;
+  for (uint32_t r = 0; r < rows.n; ++r) t_max = rows.t_end[r] > t_max ? rows.t_end[r] : t_max;
+  return AttnWalk{a.blocks, kv_k_offset(L, a.layer, kv_head), kv_v_offset(L, a.layer, kv_head),
+                  krow, vrow, L.block_tokens, t_max, rows.t0};
+}
+
+}  // namespace
+}  // namespace detail
+}  // namespace kvrt_k
