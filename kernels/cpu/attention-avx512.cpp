@@ -21,9 +21,9 @@ using namespace avx512_simd;
 
 using detail::AttnRun;
 constexpr uint32_t kChunk = detail::ATTN_CHUNK_TOKENS;
-// Score rows hold the chunk and the up to three -inf columns a run may
-// write past it, rounded up to whole 16-lane vectors.
-constexpr uint32_t kSRow = (kChunk + 3 + 15) & ~15u;
+// Score rows hold the chunk and the up to 15 -inf columns a run may write
+// past it, rounded up to whole 16-lane vectors.
+constexpr uint32_t kSRow = (kChunk + 15 + 15) & ~15u;
 
 constexpr size_t ebytes(uint32_t f) { return f == KV_F32 ? 4 : 2; }
 
@@ -41,59 +41,56 @@ inline __m512 load16(const uint8_t* p) {
 }
 
 // Scores of K rows (r0..r0+K) against keys [0, n) of one contiguous run at
-// position t, into columns [off, off + n); up to three columns past them
-// (keys read from the last one) get -inf, as do positions a row may not see.
+// position t, into columns [off, off + n); up to 15 columns past them (keys
+// read from the last one) get -inf, as do positions a row may not see.
+// Each pass scores 16 / K keys (4 for three rows), and all of its K x 16 / K
+// dot products come out of one transposed reduction.
 template <uint32_t KF, int K>
 inline void scores(const detail::AttnRows& rows, int r0, size_t hd, float scale, const uint8_t* kp,
                    uint32_t t, uint32_t n, uint32_t off, float (*s)[kSRow]) {
   constexpr size_t ek = ebytes(KF);
-  // Visible: j + u < n and t + j + u < t_end, so j + u < lim[g].
-  uint32_t lim[K];
-  for (int g = 0; g < K; ++g) {
-    const uint32_t te = rows.t_end[r0 + g];
-    lim[g] = te > t ? te - t : 0;
-    lim[g] = lim[g] < n ? lim[g] : n;
+  constexpr int NK = K == 3 ? 4 : 16 / K;  // keys per pass; lane NK g + u: row g, key j + u
+  // Visible: j + u < n and t + j + u < t_end, so j + u < lim of row g.
+  alignas(64) int32_t lim[16], lane_key[16];
+  for (int l = 0; l < 16; ++l) {
+    const int g = l / NK;
+    uint32_t m = 0;
+    if (g < K) {
+      const uint32_t te = rows.t_end[r0 + g];
+      m = te > t ? te - t : 0;
+      m = m < n ? m : n;
+    }
+    lim[l] = (int32_t)m;
+    lane_key[l] = l % NK;
   }
-  __m512i lim16 = _mm512_setzero_si512(), lane_u = _mm512_setzero_si512();
-  if constexpr (K == 4) {
-    lim16 = _mm512_setr_epi32((int)lim[0], (int)lim[0], (int)lim[0], (int)lim[0], (int)lim[1],
-                              (int)lim[1], (int)lim[1], (int)lim[1], (int)lim[2], (int)lim[2],
-                              (int)lim[2], (int)lim[2], (int)lim[3], (int)lim[3], (int)lim[3],
-                              (int)lim[3]);
-    lane_u = _mm512_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
-  }
-  for (uint32_t j = 0; j < n; j += 4) {
-    const uint8_t* kr[4];
-    for (int u = 0; u < 4; ++u) kr[u] = kp + (j + u < n ? j + u : n - 1) * hd * ek;
-    __m512 a[K][4];
-    for (int g = 0; g < K; ++g)
-      for (int u = 0; u < 4; ++u) a[g][u] = _mm512_setzero_ps();
+  const __m512i lim16 = _mm512_load_si512(lim), key16 = _mm512_load_si512(lane_key);
+  for (uint32_t j = 0; j < n; j += NK) {
+    const uint8_t* kr[NK];
+    for (int u = 0; u < NK; ++u) kr[u] = kp + (j + u < n ? j + u : n - 1) * hd * ek;
+    __m512 a[16];
+    for (int l = 0; l < 16; ++l) a[l] = _mm512_setzero_ps();
     for (size_t c = 0; c < hd; c += 16) {
-      __m512 x[4];
-      for (int u = 0; u < 4; ++u) x[u] = load16<KF>(kr[u] + c * ek);
-      for (int g = 0; g < K; ++g) {
-        const __m512 q = _mm512_loadu_ps(rows.q[r0 + g] + c);
-        for (int u = 0; u < 4; ++u) a[g][u] = _mm512_fmadd_ps(q, x[u], a[g][u]);
+      __m512 q[K];
+      for (int g = 0; g < K; ++g) q[g] = _mm512_loadu_ps(rows.q[r0 + g] + c);
+      for (int u = 0; u < NK; ++u) {
+        const __m512 x = load16<KF>(kr[u] + c * ek);
+        for (int g = 0; g < K; ++g) a[NK * g + u] = _mm512_fmadd_ps(q[g], x, a[NK * g + u]);
       }
     }
-    if constexpr (K == 4) {
-      // All 16 sums in one transposed reduction: lane 4 g + u is row g's
-      // score of key j + u.
-      const __m512 v = _mm512_mul_ps(hsum16(a[0], a[1], a[2], a[3]), _mm512_set1_ps(scale));
-      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)j), lane_u);
-      const __m512 sv = _mm512_mask_blend_ps(_mm512_cmpgt_epi32_mask(lim16, idx),
-                                             _mm512_set1_ps(-INFINITY), v);
+    const __m512 v = _mm512_mul_ps(hsum16(a), _mm512_set1_ps(scale));
+    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)j), key16);
+    const __m512 sv = _mm512_mask_blend_ps(_mm512_cmpgt_epi32_mask(lim16, idx),
+                                           _mm512_set1_ps(-INFINITY), v);
+    if constexpr (NK == 16) {
+      _mm512_storeu_ps(&s[r0][off + j], sv);
+    } else if constexpr (NK == 8) {
+      _mm256_storeu_ps(&s[r0][off + j], _mm512_castps512_ps256(sv));
+      _mm256_storeu_ps(&s[r0 + 1][off + j], _mm512_extractf32x8_ps(sv, 1));
+    } else {
       _mm_storeu_ps(&s[r0][off + j], _mm512_castps512_ps128(sv));
-      _mm_storeu_ps(&s[r0 + 1][off + j], _mm512_extractf32x4_ps(sv, 1));
-      _mm_storeu_ps(&s[r0 + 2][off + j], _mm512_extractf32x4_ps(sv, 2));
-      _mm_storeu_ps(&s[r0 + 3][off + j], _mm512_extractf32x4_ps(sv, 3));
-      continue;
-    }
-    for (int g = 0; g < K; ++g) {
-      const __m128 v = _mm_mul_ps(hsum4(a[g][0], a[g][1], a[g][2], a[g][3]), _mm_set1_ps(scale));
-      const __m128i idx = _mm_add_epi32(_mm_set1_epi32((int)j), _mm_setr_epi32(0, 1, 2, 3));
-      const __m128 vis = _mm_castsi128_ps(_mm_cmpgt_epi32(_mm_set1_epi32((int)lim[g]), idx));
-      _mm_storeu_ps(&s[r0 + g][off + j], _mm_blendv_ps(_mm_set1_ps(-INFINITY), v, vis));
+      if constexpr (K > 1) _mm_storeu_ps(&s[r0 + 1][off + j], _mm512_extractf32x4_ps(sv, 1));
+      if constexpr (K > 2) _mm_storeu_ps(&s[r0 + 2][off + j], _mm512_extractf32x4_ps(sv, 2));
+      if constexpr (K > 3) _mm_storeu_ps(&s[r0 + 3][off + j], _mm512_extractf32x4_ps(sv, 3));
     }
   }
 }

@@ -9,28 +9,14 @@
 namespace kvrt_k {
 namespace avx512_simd {
 
-// Lane i of the result = sum of the 16 lanes of the i-th argument.
-inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  auto half = [](__m512 v) {
-    return _mm256_add_ps(_mm512_castps512_ps256(v),
-                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  };
-  __m256 ab = _mm256_hadd_ps(half(a), half(b)), cd = _mm256_hadd_ps(half(c), half(d));
-  __m256 abcd = _mm256_hadd_ps(ab, cd);
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
-// Lane 4 i + u of the result is the sum of v[i][u]'s 16 lanes: sixteen
-// horizontal sums in one transposed reduction (pairs of vectors, then pairs
-// of pairs, then 128-bit lanes).
-inline __m512 hsum16(const __m512 (&v0)[4], const __m512 (&v1)[4], const __m512 (&v2)[4],
-                     const __m512 (&v3)[4]) {
-  const __m512* v[4] = {v0, v1, v2, v3};
+// Lane i of the result is the sum of v[i]'s 16 lanes: sixteen horizontal
+// sums in one transposed reduction (pairs of vectors, then pairs of pairs,
+// then 128-bit lanes).
+inline __m512 hsum16(const __m512* v) {
   __m512 x[8];  // x[k]: per 128-bit lane, halves of vectors 2k and 2k + 1 interleaved
-  for (int k = 0; k < 8; ++k) {
-    const __m512 a = v[k / 2][2 * (k % 2)], b = v[k / 2][2 * (k % 2) + 1];
-    x[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-  }
+  for (int k = 0; k < 8; ++k)
+    x[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]),
+                         _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
   __m512 y[4];  // y[k]: per 128-bit lane, vectors 4k..4k+3 summed over that lane
   for (int k = 0; k < 4; ++k) {
     const __m512d a = _mm512_castps_pd(x[2 * k]), b = _mm512_castps_pd(x[2 * k + 1]);

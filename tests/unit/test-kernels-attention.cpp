@@ -176,7 +176,7 @@ void sweep(uint32_t kf, uint32_t vf) {
   for (uint32_t hd : {8u, 12u, 64u, 128u})
     for (uint32_t bt : {1u, 16u, 32u})
       for (uint32_t group : {1u, 2u, 4u})
-        for (uint32_t n_q : {1u, 7u})
+        for (uint32_t n_q : {1u, 2u, 7u})  // 2: a two-row set of two queries (group 1)
           for (int32_t pos0 : {0, 5, 37, 100}) {
             if (hd == 12 && bt != 16) continue;
             run_case({hd, bt, group, n_q, kf, vf, pos0, 1.0f}, rng);
