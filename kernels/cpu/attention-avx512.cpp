@@ -1,7 +1,8 @@
-// AVX-512 attention over paged K/V blocks in f32, f16 or bf16: four keys
-// scored per pass with one transposed reduction, 64 value channels of up to
-// four rows accumulated per pass, and the softmax state updated once per
-// chunk of up to 64 positions, which may span several blocks.
+// AVX-512 attention over paged K/V blocks in f32, f16 or bf16: sixteen
+// scores per pass (four rows by four keys, or one row by sixteen) from one
+// transposed reduction, 64 value channels of up to four rows accumulated
+// per pass, and the softmax state updated once per chunk of up to 64
+// positions, which may span several blocks.
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
