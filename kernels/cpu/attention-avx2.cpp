@@ -113,15 +113,10 @@ void attn_chunk(const detail::AttnRows& rows, size_t hd, float scale, const Attn
 template <uint32_t KF, uint32_t VF, int R>
 void attn_rows_t(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {
   const size_t hd = a.layout->head_dim;
-  detail::AttnWalk w = detail::attn_walk(a, kv_head, rows, hd * elem_bytes(KF), hd * elem_bytes(VF));
-  AttnRun runs[detail::ATTN_CHUNK_RUNS];
-  uint32_t n_runs;
-  for (uint32_t t = rows.t0; t < w.t_max;) {
-    const uint32_t n = w.chunk(t, runs, &n_runs);
-    w.prefetch_to(t + n + detail::ATTN_PREFETCH_TOKENS);
-    attn_chunk<KF, VF, R>(rows, hd, a.scale, runs, n_runs, t, n);
-    t += n;
-  }
+  detail::attn_for_each_chunk(a, kv_head, rows, hd * elem_bytes(KF), hd * elem_bytes(VF),
+                              [&](const AttnRun* runs, uint32_t n_runs, uint32_t t, uint32_t n) {
+                                attn_chunk<KF, VF, R>(rows, hd, a.scale, runs, n_runs, t, n);
+                              });
 }
 
 template <uint32_t KF, uint32_t VF>

@@ -77,15 +77,26 @@ struct AttnWalk {
   }
 };
 
-// The walk over kv_head's part of layer a.layer for rows, whose K and V
-// rows take krow and vrow bytes.
-inline AttnWalk attn_walk(const AttnArgs& a, uint32_t kv_head, const AttnRows& rows, size_t krow,
-                          size_t vrow) {
+// Walks kv_head's part of layer a.layer over the positions rows see, whose
+// K and V rows take krow and vrow bytes: f(runs, n_runs, t, n) for each
+// chunk of n positions from t, with the rows up to ATTN_PREFETCH_TOKENS
+// past it prefetched first.
+template <class F>
+inline void attn_for_each_chunk(const AttnArgs& a, uint32_t kv_head, const AttnRows& rows,
+                                size_t krow, size_t vrow, F&& f) {
   const KvLayout& L = *a.layout;
   uint32_t t_max = 0;
   for (uint32_t r = 0; r < rows.n; ++r) t_max = rows.t_end[r] > t_max ? rows.t_end[r] : t_max;
-  return AttnWalk{a.blocks, kv_k_offset(L, a.layer, kv_head), kv_v_offset(L, a.layer, kv_head),
-                  krow, vrow, L.block_tokens, t_max, rows.t0};
+  AttnWalk w{a.blocks, kv_k_offset(L, a.layer, kv_head), kv_v_offset(L, a.layer, kv_head),
+             krow, vrow, L.block_tokens, t_max, rows.t0};
+  AttnRun runs[ATTN_CHUNK_RUNS];
+  uint32_t n_runs;
+  for (uint32_t t = rows.t0; t < t_max;) {
+    const uint32_t n = w.chunk(t, runs, &n_runs);
+    w.prefetch_to(t + n + ATTN_PREFETCH_TOKENS);
+    f(runs, n_runs, t, n);
+    t += n;
+  }
 }
 
 }  // namespace
