@@ -29,12 +29,11 @@ inline float hmax(__m256 v) {
 
 // e^x with about 1e-7 relative error (Cephes-style polynomial after a
 // reduction by ln 2). Inputs below ln(FLT_MIN) give exactly 0, so masked
-// scores (-inf) vanish; inputs above 88 saturate at e^88.
+// scores (-inf) vanish (whatever the polynomial made of those lanes, they
+// are zeroed at the end); inputs above 88 and NaN give e^88.
 inline __m256 exp_ps(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.33654f);
-  __m256 zero_mask = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  __m256 zero_mask = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654f), _CMP_LT_OQ);
   x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
-  x = _mm256_max_ps(x, lo);
   __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
