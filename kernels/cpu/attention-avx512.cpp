@@ -52,7 +52,7 @@ inline void scores(const detail::AttnRows& rows, int r0, size_t hd, float scale,
   constexpr size_t ek = ebytes(KF);
   constexpr int NK = K == 3 ? 4 : 16 / K;  // keys per pass; lane NK g + u: row g, key j + u
   // Visible: j + u < n and t + j + u < t_end, so j + u < lim of row g.
-  alignas(64) int32_t lim[16], lane_key[16];
+  alignas(64) int32_t lim[16];
   for (int l = 0; l < 16; ++l) {
     const int g = l / NK;
     uint32_t m = 0;
@@ -62,9 +62,11 @@ inline void scores(const detail::AttnRows& rows, int r0, size_t hd, float scale,
       m = m < n ? m : n;
     }
     lim[l] = (int32_t)m;
-    lane_key[l] = l % NK;
   }
-  const __m512i lim16 = _mm512_load_si512(lim), key16 = _mm512_load_si512(lane_key);
+  const __m512i lim16 = _mm512_load_si512(lim);
+  const __m512i key16 = _mm512_and_si512(  // lane l: key l % NK (NK is a power of two)
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(NK - 1));
   for (uint32_t j = 0; j < n; j += NK) {
     const uint8_t* kr[NK];
     for (int u = 0; u < NK; ++u) kr[u] = kp + (j + u < n ? j + u : n - 1) * hd * ek;
@@ -113,7 +115,8 @@ inline void accum(const detail::AttnRows& rows, int r0, size_t hd, const AttnRun
       for (uint32_t j = 0; j < run.n; ++j) {
         const uint8_t* vr = run.vp + (j * hd + c0) * ev;
         __m512 x[4];
-        for (int u = 0; u < 4; ++u) x[u] = u < nv ? load16<VF>(vr + 16 * u * ev) : _mm512_setzero_ps();
+        for (int u = 0; u < 4; ++u)
+          x[u] = u < nv ? load16<VF>(vr + 16 * u * ev) : _mm512_setzero_ps();
         for (int g = 0; g < K; ++g) {
           const __m512 w = _mm512_set1_ps(p[r0 + g][run.off + j]);
           for (int u = 0; u < 4; ++u)
@@ -140,8 +143,8 @@ inline void by_four(int R, F f) {
 
 // One chunk: runs[0..n_runs) cover n positions from t.
 template <uint32_t KF, uint32_t VF>
-void chunk(const detail::AttnRows& rows, size_t hd, float scale, const AttnRun* runs, uint32_t n_runs,
-           uint32_t t, uint32_t n) {
+void chunk(const detail::AttnRows& rows, size_t hd, float scale, const AttnRun* runs,
+           uint32_t n_runs, uint32_t t, uint32_t n) {
   alignas(64) float s[detail::ATTN_MAX_ROWS][kSRow];
   const int R = (int)rows.n;
   // Runs in order: a run's -inf padding past its end is overwritten by the

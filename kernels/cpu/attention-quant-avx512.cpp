@@ -7,6 +7,7 @@
 
 #include "../common/kv-quant.h"
 #include "attention-quant.h"
+#include "cpu-kernels-impl.h"
 #include "simd-avx512.h"
 
 namespace kvrt_k {
@@ -676,13 +677,6 @@ KVRT_VNNI __attribute__((noinline)) void score_run(const uint8_t* kcodes, size_t
   for (uint32_t g = 0; g < NG; ++g) s[g] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, s[g]);
 }
 
-// Every cache line of [p, p + n); nothing for a null p.
-inline void prefetch_lines(const uint8_t* p, uint32_t n) {
-  if (!p) return;
-  for (uintptr_t x = (uintptr_t)p & ~(uintptr_t)63; x < (uintptr_t)p + n; x += 64)
-    _mm_prefetch((const char*)x, _MM_HINT_T0);
-}
-
 // Blocks in runs of up to 16 rows: the query scaled once per call and
 // rounded per block (the key scales are per block), keys scored per run,
 // and the softmax update and values done per kMaxRuns runs.
@@ -698,12 +692,12 @@ KVRT_VNNI void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size
   uint32_t nr = 0;
   for (uint32_t i = 0; i < nb; ++i) {
     const QAttnBlock& B = blocks[i];
-    prefetch_lines(B.pf_k, B.pf_k_bytes);
+    detail::prefetch_lines(B.pf_k, B.pf_k_bytes);
     prep_query<KF, NG>(q, qn, dmq, scale, B.k_scales, hd, qb, dq, bias);
     for (uint32_t t0 = 0; t0 < B.n; t0 += kVRows) {
       const uint32_t n = B.n - t0 < kVRows ? B.n - t0 : kVRows;
       score_run<KF, NG>(B.k + t0 * rbk, rbk, n, hd, qb, dq, bias, s[nr]);
-      if (t0 == 0) prefetch_lines(B.pf_v, B.pf_v_bytes);
+      if (t0 == 0) detail::prefetch_lines(B.pf_v, B.pf_v_bytes);
       runs[nr++] = {B.v + t0 * rbv, B.v_scales + (size_t)t0 * ngv, B.v_mins + (size_t)t0 * ngv, n};
       if (nr == kMaxRuns) {
         softmax_values<VF, NG, BF>(s, runs, nr, rbv, hd, m, l, acc);

@@ -22,6 +22,7 @@
 
 #include "../common/kv-quant.h"
 #include "attention-quant.h"
+#include "cpu-kernels-impl.h"
 #include "simd-avx2.h"
 
 namespace kvrt_k {
@@ -409,13 +410,6 @@ void softmax_values(__m256 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, u
   }
 }
 
-// Every cache line of [p, p + n); nothing for a null p.
-inline void prefetch_lines(const uint8_t* p, uint32_t n) {
-  if (!p) return;
-  for (uintptr_t x = (uintptr_t)p & ~(uintptr_t)63; x < (uintptr_t)p + n; x += 64)
-    _mm_prefetch((const char*)x, _MM_HINT_T0);
-}
-
 // Blocks in runs of up to 8 rows: the query folded and rounded per block
 // (the key scales are per block), keys scored per run, and the softmax
 // update and values done per kMaxRuns runs.
@@ -431,12 +425,12 @@ void block_q_t(const QAttnBlock* blocks, uint32_t nb, size_t rbk, size_t rbv, ui
   uint32_t nr = 0;
   for (uint32_t i = 0; i < nb; ++i) {
     const QAttnBlock& B = blocks[i];
-    prefetch_lines(B.pf_k, B.pf_k_bytes);
+    detail::prefetch_lines(B.pf_k, B.pf_k_bytes);
     prep_query<KF, NG>(q, qn, dmq, scale, B.k_scales, hd, qb, dq, bias);
     for (uint32_t t0 = 0; t0 < B.n; t0 += kRows) {
       const uint32_t n = B.n - t0 < kRows ? B.n - t0 : kRows;
       score_run<KF, NG>(B.k + t0 * rbk, rbk, n, hd, qb, dq, bias, s[nr]);
-      if (t0 == 0) prefetch_lines(B.pf_v, B.pf_v_bytes);
+      if (t0 == 0) detail::prefetch_lines(B.pf_v, B.pf_v_bytes);
       runs[nr++] = {B.v + t0 * rbv, B.v_scales + (size_t)t0 * ngv, B.v_mins + (size_t)t0 * ngv, n};
       if (nr == kMaxRuns) {
         softmax_values<VF, NG>(s, runs, nr, rbv, hd, m, l, acc);

@@ -178,13 +178,8 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
   const size_t koff = kv_k_offset(L, a.layer, kv_head), voff = kv_v_offset(L, a.layer, kv_head);
   auto prefetch = [&](uint32_t pb) {
     if (pb >= b_quant_end) return;
-    const char* kb = (const char*)(a.blocks[pb] + koff);
-    const char* vb = (const char*)(a.blocks[pb] + voff);
-    // Parts need not start on a cache line: cover every line they touch.
-    for (uintptr_t x = (uintptr_t)kb & ~(uintptr_t)63; x < (uintptr_t)kb + L.k_head_bytes; x += 64)
-      __builtin_prefetch((const void*)x, 0, 3);
-    for (uintptr_t x = (uintptr_t)vb & ~(uintptr_t)63; x < (uintptr_t)vb + L.v_head_bytes; x += 64)
-      __builtin_prefetch((const void*)x, 0, 3);
+    detail::prefetch_lines(a.blocks[pb] + koff, L.k_head_bytes);
+    detail::prefetch_lines(a.blocks[pb] + voff, L.v_head_bytes);
   };
   const uint32_t pf_blocks = detail::ATTN_PREFETCH_TOKENS / bt, pfd = pf_blocks > 2 ? pf_blocks : 2;
   for (uint32_t pb = t0 / bt; pb < t0 / bt + pfd; ++pb) prefetch(pb);

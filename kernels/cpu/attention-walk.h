@@ -7,7 +7,6 @@
 // file links another file's copy built for a wider ISA.
 #pragma once
 
-#include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,13 +64,8 @@ struct AttnWalk {
       uint32_t n = bt - slot;
       if (n > end - pf) n = end - pf;
       const uint8_t* blk = blocks[pf / bt];
-      const char* kp = (const char*)(blk + koff + slot * krow);
-      const char* vp = (const char*)(blk + voff + slot * vrow);
-      // Runs need not start on a cache line: cover every line they touch.
-      for (uintptr_t x = (uintptr_t)kp & ~(uintptr_t)63; x < (uintptr_t)kp + n * krow; x += 64)
-        _mm_prefetch((const char*)x, _MM_HINT_T0);
-      for (uintptr_t x = (uintptr_t)vp & ~(uintptr_t)63; x < (uintptr_t)vp + n * vrow; x += 64)
-        _mm_prefetch((const char*)x, _MM_HINT_T0);
+      prefetch_lines(blk + koff + slot * krow, n * krow);
+      prefetch_lines(blk + voff + slot * vrow, n * vrow);
       pf += n;
     }
   }

@@ -21,6 +21,15 @@ constexpr uint32_t ATTN_MAX_ROWS = 8;
 // holds (docs/quantization.md, "Block size").
 constexpr uint32_t ATTN_PREFETCH_TOKENS = 128;
 
+// Prefetches every cache line of [p, p + n) into L1; nothing for a null p.
+// Runs need not start on a cache line. Static: each ISA's file keeps its own
+// copy, compiled with its own flags.
+static inline void prefetch_lines(const void* p, size_t n) {
+  if (!p) return;
+  for (uintptr_t x = (uintptr_t)p & ~(uintptr_t)63; x < (uintptr_t)p + n; x += 64)
+    __builtin_prefetch((const void*)x, 0, 3);
+}
+
 // A set of rows sharing one KV head. Row r sees positions [t0, t_end[r]);
 // its running state (m, l) and unnormalized accumulator acc[r][head_dim] are
 // initialized by the caller and updated in place (online softmax).

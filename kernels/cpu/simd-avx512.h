@@ -27,7 +27,8 @@ inline __m512 hsum16(const __m512* v) {
   for (int k = 0; k < 2; ++k)
     z[k] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * k], y[2 * k + 1], 0x88),
                          _mm512_shuffle_f32x4(y[2 * k], y[2 * k + 1], 0xdd));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88), _mm512_shuffle_f32x4(z[0], z[1], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88),
+                       _mm512_shuffle_f32x4(z[0], z[1], 0xdd));
 }
 
 // e^x for x <= 0: degree-6 polynomial after a reduction by ln 2 (as the AVX2
