@@ -27,14 +27,16 @@ class MemoryBudget {
 };
 
 // Hands out blocks of one shape: n_parts parts of part_bytes each (a KV
-// block's parts are its layers). Thread-safe. Block ids are dense (0, 1, ...)
-// and a block's memory never moves while the pool lives.
+// block's parts are its (layer, KV head) pairs, K then V: kv-layout.h).
+// Thread-safe. Block ids are dense (0, 1, ...) and a block's memory never
+// moves while the pool lives.
 //
 // A slab of B blocks keeps part p of all its blocks side by side:
 // [part 0 of blocks 0..B-1][part 1 of blocks 0..B-1]..., each run padded to
-// 64 bytes. One layer's attention then reads runs of neighbouring blocks'
-// parts (a block's whole K/V for one layer) instead of one part per block
-// spread a whole block apart (docs/benchmarks.md, "The layer-major pool").
+// 64 bytes. The attention task of one layer and KV head then reads its
+// neighbouring blocks' parts as one run instead of one part per block
+// spread a whole block (or a whole layer) apart (docs/benchmarks.md,
+// "The head-major pool").
 class BlockPool {
  public:
   static constexpr uint32_t kNoBlock = UINT32_MAX;

@@ -9,26 +9,34 @@
 namespace kvrt {
 
 void BlockRuns::gather(uint8_t* dst) const {
-  for (uint32_t i = 0; i < n_parts; ++i) std::memcpy(dst + i * part_bytes, part(i), part_bytes);
+  for_each([&](const uint8_t* p, size_t n) {
+    std::memcpy(dst, p, n);
+    dst += n;
+  });
 }
 
 void BlockRuns::scatter(const uint8_t* src) const {
-  for (uint32_t i = 0; i < n_parts; ++i) std::memcpy(part(i), src + i * part_bytes, part_bytes);
+  for_each([&](uint8_t* p, size_t n) {
+    std::memcpy(p, src, n);
+    src += n;
+  });
 }
 
 void BlockRuns::clear() const {
-  for (uint32_t i = 0; i < n_parts; ++i) std::memset(part(i), 0, part_bytes);
+  for_each([](uint8_t* p, size_t n) { std::memset(p, 0, n); });
 }
 
 KvCache::KvCache(BlockPool& pool, const kvrt_k::KvLayout& layout, uint32_t n_ctx)
     : pool_(pool), layout_(layout), n_ctx_(n_ctx) {
   if (layout.block_tokens == 0)
     fail(KVRT_ERR_INVALID_ARGUMENT, "KV layout: block_tokens is 0");
-  if (layout.layer_bytes != pool.part_bytes() || layout.n_layer != pool.n_parts())
+  if (kvrt_k::kv_head_part_bytes(layout) != pool.part_bytes() ||
+      static_cast<uint64_t>(layout.n_layer) * layout.n_head_kv != pool.n_parts())
     fail(KVRT_ERR_INVALID_ARGUMENT,
-         "KV layout: %u layers of %zu bytes, but the pool's blocks are %u parts of %zu bytes",
-         layout.n_layer, layout.layer_bytes, pool.n_parts(), pool.part_bytes());
-  layout_.layer_stride = pool.part_stride();
+         "KV layout: %u layers x %u KV heads of %zu bytes, but the pool's blocks are %u parts of %zu bytes",
+         layout.n_layer, layout.n_head_kv, kvrt_k::kv_head_part_bytes(layout), pool.n_parts(),
+         pool.part_bytes());
+  kvrt_k::kv_layout_head_parts(&layout_, pool.part_stride());
   // Sized once so that reserve() never reallocates the table after taking
   // blocks (no leak on bad_alloc) and block_ptrs() stays put.
   size_t max_blocks = (static_cast<size_t>(n_ctx) + layout.block_tokens - 1) / layout.block_tokens;
@@ -96,8 +104,8 @@ void KvCache::reserve(uint32_t n) {
     uint32_t old = ids_[i];
     uint32_t id = got[k];
     uint8_t* dst = pool_.data(id);
-    for (uint32_t l = 0; l < layout_.n_layer; ++l)
-      std::memcpy(dst + l * layout_.layer_stride, ptrs_[i] + l * layout_.layer_stride, layout_.layer_bytes);
+    for (uint32_t p = 0; p < pool_.n_parts(); ++p)
+      std::memcpy(dst + p * pool_.part_stride(), ptrs_[i] + p * pool_.part_stride(), pool_.part_bytes());
     pool_.release(old);
     ids_[i] = id;
     ptrs_[i] = dst;

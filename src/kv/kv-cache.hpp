@@ -9,21 +9,36 @@
 
 namespace kvrt {
 
-// Where one block's bytes are: n_parts runs of part_bytes, stride apart. A
-// block in one piece (a snapshot's, the stage) is one run. Byte o of the
-// block in its contiguous form (the order of kv-layout.h with layer_stride =
-// layer_bytes: what snapshots store) is at
-// base + (o / part_bytes) * stride + o % part_bytes.
+// Where one block's bytes are, piece by piece in the order of its one-piece
+// form (kv-layout.h: per layer, each KV head's K part, then each one's V
+// part; what snapshots store): K of head h in layer l at base + l *
+// layer_stride + h * k_stride, its V at base + l * layer_stride + v_base +
+// h * v_stride. A block in one piece (a snapshot's, the stage) is one
+// piece of all its bytes.
 struct BlockRuns {
   uint8_t* base;
-  size_t part_bytes;
-  size_t stride;
-  uint32_t n_parts;
+  size_t k_bytes, v_bytes;  // one head's K and V part
+  size_t layer_stride, k_stride, v_base, v_stride;
+  uint32_t n_layer, n_head;
 
-  static BlockRuns whole(uint8_t* p, size_t bytes) { return {p, bytes, bytes, 1}; }
-  size_t bytes() const { return part_bytes * n_parts; }
-  uint8_t* part(uint32_t i) const { return base + i * stride; }
-  // Copies the block out to / in from its contiguous form.
+  static BlockRuns whole(uint8_t* p, size_t bytes) { return {p, bytes, 0, bytes, bytes, 0, 0, 1, 1}; }
+  static BlockRuns of(uint8_t* p, const kvrt_k::KvLayout& l) {
+    return {p, l.k_head_bytes, l.v_head_bytes, l.layer_stride, l.k_head_stride, l.v_base,
+            l.v_head_stride, l.n_layer, l.n_head_kv};
+  }
+  size_t bytes() const { return (k_bytes + v_bytes) * n_head * n_layer; }
+  // f(piece, bytes) for each non-empty piece, in one-piece order.
+  template <class F>
+  void for_each(F&& f) const {
+    for (uint32_t l = 0; l < n_layer; ++l) {
+      uint8_t* p = base + l * layer_stride;
+      if (k_bytes)
+        for (uint32_t h = 0; h < n_head; ++h) f(p + h * k_stride, k_bytes);
+      if (v_bytes)
+        for (uint32_t h = 0; h < n_head; ++h) f(p + v_base + h * v_stride, v_bytes);
+    }
+  }
+  // Copies the block out to / in from its one-piece form.
   void gather(uint8_t* dst) const;
   void scatter(const uint8_t* src) const;
   void clear() const;  // every byte 0
@@ -31,18 +46,19 @@ struct BlockRuns {
 
 class KvCache {
  public:
-  // The pool's blocks must have the layout's shape (a part per layer of
-  // layout.layer_bytes); layout().layer_stride is the pool's part stride.
+  // The pool's blocks must have the layout's shape: a part per (layer, KV
+  // head) of kv_head_part_bytes(layout); layout() has the pool's strides
+  // (kv_layout_head_parts).
   KvCache(BlockPool& pool, const kvrt_k::KvLayout& layout, uint32_t n_ctx);
   ~KvCache();  // releases every block
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
 
   const kvrt_k::KvLayout& layout() const { return layout_; }
-  // The layout of a block in its contiguous form (BlockRuns::gather).
+  // The layout of a block in its one-piece form (BlockRuns::gather).
   kvrt_k::KvLayout stored_layout() const {
     kvrt_k::KvLayout l = layout_;
-    l.layer_stride = l.layer_bytes;
+    kvrt_k::kv_layout_one_piece(&l);
     return l;
   }
   uint32_t n_tokens() const { return n_tokens_; }
@@ -69,11 +85,8 @@ class KvCache {
   // reserve or truncate).
   const uint8_t* const* block_ptrs() const { return ptrs_.data(); }
   uint8_t* block_ptr(uint32_t logical) const { return ptrs_[logical]; }
-  // The runs of logical block `logical` (layer parts, layout().layer_stride
-  // apart).
-  BlockRuns block_runs(uint32_t logical) const {
-    return {ptrs_[logical], layout_.layer_bytes, layout_.layer_stride, layout_.n_layer};
-  }
+  // The pieces of logical block `logical` in the pool.
+  BlockRuns block_runs(uint32_t logical) const { return BlockRuns::of(ptrs_[logical], layout_); }
   const std::vector<uint32_t>& block_ids() const { return ids_; }
   uint64_t bytes() const { return static_cast<uint64_t>(ids_.size()) * layout_.block_bytes; }
 

@@ -385,23 +385,23 @@ void read_blocks(Reader& r, uint32_t id, uint32_t n_blocks, size_t bb, const uin
                 dst.scatter(p);
                 return;
               }
-              // Plane byte i is block byte i * w + j; part k holds block
-              // bytes [lo, lo + part_bytes), so plane bytes [i0, i1) with
-              // i0 the first i whose i * w + j reaches lo. (A part need not
+              // Plane byte i is block byte i * w + j; a piece holds block
+              // bytes [lo, lo + its bytes), so plane bytes [i0, i1) with
+              // i0 the first i whose i * w + j reaches lo. (A piece need not
               // hold whole elements: a file may choose any w that divides
               // block_bytes.)
-              const size_t w = width, pb = dst.part_bytes;
+              const size_t w = width;
               auto first = [&](size_t lo) { return lo > j ? (lo - j + w - 1) / w : 0; };
-              for (uint32_t k = 0; k < dst.n_parts; ++k) {
-                const size_t lo = k * pb, i0 = first(lo), i1 = std::min(first(lo + pb), n);
-                uint8_t* d = dst.part(k);
+              size_t lo = 0;
+              dst.for_each([&](uint8_t* d, size_t pb) {
+                const size_t i0 = first(lo), i1 = std::min(first(lo + pb), n);
                 for (size_t i = i0; i < i1; ++i) d[i * w + j - lo] = p[i];
-              }
+                lo += pb;
+              });
             },
             [&](Hasher& hash) {
               for (uint32_t b = 0; b < n_blocks; ++b) {
-                const BlockRuns src = block(b);
-                for (uint32_t k = 0; k < src.n_parts; ++k) hash.update(src.part(k), src.part_bytes);
+                block(b).for_each([&](const uint8_t* q, size_t m) { hash.update(q, m); });
               }
             });
 }

@@ -81,7 +81,7 @@ void sync_dir(const std::string& dir) {
 // (no copy: most blocks of a save are in the store already).
 BlockKey block_key(const BlockRuns& b) {
   Hasher h(kBlockKeySeed);
-  for (uint32_t i = 0; i < b.n_parts; ++i) h.update(b.part(i), b.part_bytes);
+  b.for_each([&](const uint8_t* p, size_t n) { h.update(p, n); });
   BlockKey k;
   h.finish128(&k.lo, &k.hi);
   return k;

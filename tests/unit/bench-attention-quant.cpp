@@ -97,8 +97,8 @@ void fill(Bench& b, uint32_t fmt, uint32_t depth, uint32_t layers, bool whole) {
     for (uint32_t i = 0; i < n_blocks; ++i) blocks[i] = b.whole.p + (size_t)i * b.lay.block_bytes;
   } else {
     b.budget = std::make_unique<kvrt::MemoryBudget>((uint64_t)n_blocks * b.lay.block_bytes);
-    b.pool = std::make_unique<kvrt::BlockPool>(b.lay.layer_bytes, layers, *b.budget);
-    b.lay.layer_stride = b.pool->part_stride();
+    b.pool = std::make_unique<kvrt::BlockPool>(kv_head_part_bytes(b.lay), layers * kKv, *b.budget);
+    kv_layout_head_parts(&b.lay, b.pool->part_stride());
     std::vector<uint32_t> ids(n_blocks);
     if (!b.pool->alloc(n_blocks, ids.data())) std::abort();
     for (uint32_t i = 0; i < n_blocks; ++i) blocks[i] = b.pool->data(ids[i]);
@@ -112,7 +112,11 @@ void fill(Bench& b, uint32_t fmt, uint32_t depth, uint32_t layers, bool whole) {
     return (float)((r >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
   };
   for (uint8_t* blk : blocks) {
-    for (uint32_t l = 0; l < layers; ++l) std::memset(blk + l * b.lay.layer_stride, 0, b.lay.layer_bytes);
+    for (uint32_t l = 0; l < layers; ++l)
+      for (uint32_t h = 0; h < kKv; ++h) {
+        std::memset(blk + kv_k_offset(b.lay, l, h), 0, b.lay.k_head_bytes);
+        std::memset(blk + kv_v_offset(b.lay, l, h), 0, b.lay.v_head_bytes);
+      }
     for (uint32_t h = 0; h < kKv; ++h) {
       for (auto& f : rows) f = rnd();
       if (fmt == KV_F16) {

@@ -75,14 +75,22 @@ void check_table(const KvCache& c, const BlockPool& pool) {
   }
   assert_int_equal(uniq.size(), c.n_blocks());
   assert_int_equal(c.bytes(), uint64_t{c.n_blocks()} * c.layout().block_bytes);
-  // Kernels reach layer l at l * layer_stride: the pool's part stride.
-  assert_int_equal(c.layout().layer_stride, pool.part_stride());
-  assert_int_equal(c.stored_layout().layer_stride, c.layout().layer_bytes);
+  // Kernels reach (layer l, head h) at part l * n_head_kv + h, the pool's
+  // part stride apart, K then V; the one-piece form has layer, then head
+  // order.
+  const kvrt_k::KvLayout& l = c.layout();
+  assert_int_equal(l.layer_stride, l.n_head_kv * pool.part_stride());
+  assert_int_equal(kvrt_k::kv_k_offset(l, 1, 1), 3 * pool.part_stride());
+  assert_int_equal(kvrt_k::kv_v_offset(l, 1, 1), 3 * pool.part_stride() + l.k_head_bytes);
+  const kvrt_k::KvLayout s = c.stored_layout();
+  assert_int_equal(s.layer_stride, l.layer_bytes);
+  assert_int_equal(kvrt_k::kv_k_offset(s, 1, 1), l.layer_bytes + l.k_head_bytes);
+  assert_int_equal(kvrt_k::kv_v_offset(s, 1, 1), l.layer_bytes + 2 * l.k_head_bytes + l.v_head_bytes);
 }
 
 void test_sequences_vs_model(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
+  BlockPool pool(256, 4, budget);  // small_layout's blocks: 2 layers x 2 heads of 256 bytes
   const uint32_t n_ctx = 101;
   std::mt19937 rng(7);
   for (int trial = 0; trial < 20; ++trial) {
@@ -129,7 +137,7 @@ void test_sequences_vs_model(void**) {
 
 void test_context_full_unchanged(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
+  BlockPool pool(256, 4, budget);  // small_layout's blocks: 2 layers x 2 heads of 256 bytes
   KvCache c(pool, small_layout(), 10);
   c.reserve(7);
   c.commit(7);
@@ -149,7 +157,7 @@ void test_context_full_unchanged(void**) {
 
 void test_out_of_memory_unchanged(void**) {
   MemoryBudget budget(3 * 1024 + 1000);  // three blocks
-  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
+  BlockPool pool(256, 4, budget);  // small_layout's blocks: 2 layers x 2 heads of 256 bytes
   KvCache c(pool, small_layout(), 1000);
   c.reserve(5);
   c.commit(5);
@@ -177,7 +185,7 @@ void test_out_of_memory_unchanged(void**) {
 
 void test_misuse_errors(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
+  BlockPool pool(256, 4, budget);  // small_layout's blocks: 2 layers x 2 heads of 256 bytes
   KvCache c(pool, small_layout(), 64);
   c.reserve(3);
   expect_error(KVRT_ERR_OUT_OF_RANGE, [&] { c.commit(5); });  // only one block reserved
@@ -198,51 +206,70 @@ void test_misuse_errors(void**) {
   // layers, or the same bytes in parts of another size.
   kvrt_k::KvLayout big, regrouped;
   kvrt_k::kv_layout_init(&big, 4, 2, 8, kBt, kvrt_k::KV_F32, kvrt_k::KV_F32);
-  kvrt_k::kv_layout_init(&regrouped, 1, 4, 8, kBt, kvrt_k::KV_F32, kvrt_k::KV_F32);
+  kvrt_k::kv_layout_init(&regrouped, 1, 2, 16, kBt, kvrt_k::KV_F32, kvrt_k::KV_F32);
   assert_int_equal(regrouped.block_bytes, small_layout().block_bytes);
   std::string msg = expect_error(KVRT_ERR_INVALID_ARGUMENT, [&] { KvCache bad(pool, big, 64); });
-  assert_non_null(strstr(msg.c_str(), "4 layers of 512 bytes"));
+  assert_non_null(strstr(msg.c_str(), "4 layers x 2 KV heads of 256 bytes"));
   expect_error(KVRT_ERR_INVALID_ARGUMENT, [&] { KvCache bad(pool, regrouped, 64); });
 }
 
-// A block's one-piece form (snapshots) against its parts in the pool:
-// gather puts contiguous byte o at part o / layer_bytes, offset
-// o % layer_bytes, and scatter puts it back; the blocks around are untouched.
+// A block's one-piece form (snapshots: per layer, every head's K, then
+// every head's V) against its parts in the pool (one per (layer, head): K,
+// then V): gather and scatter map each byte to where the one-piece offsets
+// and the pool's offsets put it, for K and V of different sizes, and leave
+// the blocks around untouched.
 void test_block_runs(void**) {
   MemoryBudget budget(1 << 20);
   kvrt_k::KvLayout lay;
-  kvrt_k::kv_layout_init(&lay, 5, 3, 8, kBt, kvrt_k::KV_F16, kvrt_k::KV_F32);  // 5 parts of 576 bytes
-  BlockPool pool(lay.layer_bytes, lay.n_layer, budget);
+  kvrt_k::kv_layout_init(&lay, 5, 3, 8, kBt, kvrt_k::KV_F16, kvrt_k::KV_F32);  // K 64, V 128 bytes
+  BlockPool pool(kvrt_k::kv_head_part_bytes(lay), lay.n_layer * lay.n_head_kv, budget);
   KvCache c(pool, lay, 64);
   c.reserve(3 * kBt);
   c.commit(3 * kBt);
-  assert_true(c.layout().layer_stride > lay.layer_bytes);  // several blocks per slab
-  const size_t bb = lay.block_bytes, lb = lay.layer_bytes, st = c.layout().layer_stride;
+  const kvrt_k::KvLayout& pl = c.layout();
+  const kvrt_k::KvLayout sl = c.stored_layout();
+  assert_true(pool.part_stride() > kvrt_k::kv_head_part_bytes(lay));  // several blocks per slab
+  const size_t bb = lay.block_bytes, kb = lay.k_head_bytes, vb = lay.v_head_bytes;
+  // For each one-piece byte o: its address in block b.
+  std::vector<size_t> where(bb, SIZE_MAX);
+  for (uint32_t l = 0; l < lay.n_layer; ++l)
+    for (uint32_t h = 0; h < lay.n_head_kv; ++h) {
+      for (size_t j = 0; j < kb; ++j) where[kvrt_k::kv_k_offset(sl, l, h) + j] = kvrt_k::kv_k_offset(pl, l, h) + j;
+      for (size_t j = 0; j < vb; ++j) where[kvrt_k::kv_v_offset(sl, l, h) + j] = kvrt_k::kv_v_offset(pl, l, h) + j;
+    }
+  std::set<size_t> distinct(where.begin(), where.end());
+  assert_int_equal(distinct.size(), bb);  // every byte placed once
+  assert_true(*distinct.rbegin() < lay.n_layer * pl.layer_stride);
+  auto pattern = [](uint32_t b, size_t o) { return static_cast<uint8_t>(b * 101 + o * 13 + o / 251); };
   for (uint32_t b = 0; b < 3; ++b)
-    for (uint32_t l = 0; l < lay.n_layer; ++l)
-      for (size_t j = 0; j < lb; ++j) c.block_ptr(b)[l * st + j] = static_cast<uint8_t>(b * 101 + l * 37 + j);
+    for (size_t o = 0; o < bb; ++o) c.block_ptr(b)[where[o]] = pattern(b, o);
   std::vector<uint8_t> whole(bb);
   const kvrt::BlockRuns runs = c.block_runs(1);
   assert_int_equal(runs.bytes(), bb);
   runs.gather(whole.data());
   for (size_t o = 0; o < bb; ++o)
-    if (whole[o] != static_cast<uint8_t>(101 + (o / lb) * 37 + o % lb)) fail_msg("gathered byte %zu", o);
+    if (whole[o] != pattern(1, o)) fail_msg("gathered byte %zu", o);
   for (size_t o = 0; o < bb; ++o) whole[o] = static_cast<uint8_t>(o * 7 + 3);
   runs.scatter(whole.data());
   for (uint32_t b = 0; b < 3; ++b)
-    for (uint32_t l = 0; l < lay.n_layer; ++l)
-      for (size_t j = 0; j < lb; ++j) {
-        const uint8_t want = b == 1 ? static_cast<uint8_t>((l * lb + j) * 7 + 3) : static_cast<uint8_t>(b * 101 + l * 37 + j);
-        if (c.block_ptr(b)[l * st + j] != want) fail_msg("block %u layer %u byte %zu after scatter", b, l, j);
-      }
-  // The kernels' offsets go through the stride.
-  assert_int_equal(kvrt_k::kv_v_offset(c.layout(), 2, 1), 2 * st + 3 * lay.k_head_bytes + lay.v_head_bytes);
-  assert_int_equal(kvrt_k::kv_v_offset(c.stored_layout(), 2, 1), 2 * lb + 3 * lay.k_head_bytes + lay.v_head_bytes);
+    for (size_t o = 0; o < bb; ++o) {
+      const uint8_t want = b == 1 ? static_cast<uint8_t>(o * 7 + 3) : pattern(b, o);
+      if (c.block_ptr(b)[where[o]] != want) fail_msg("block %u byte %zu after scatter", b, o);
+    }
+  // Head 1 of layer 2: K right before V in its part, parts a stride apart.
+  assert_int_equal(kvrt_k::kv_k_offset(pl, 2, 1), (2 * 3 + 1) * pool.part_stride());
+  assert_int_equal(kvrt_k::kv_v_offset(pl, 2, 1), (2 * 3 + 1) * pool.part_stride() + kb);
+  assert_int_equal(kvrt_k::kv_v_offset(sl, 2, 1), 2 * lay.layer_bytes + 3 * kb + vb);
+  // One piece: all bytes in one.
+  std::vector<uint8_t> buf(bb, 5), out(bb);
+  kvrt::BlockRuns::whole(buf.data(), bb).gather(out.data());
+  assert_memory_equal(buf.data(), out.data(), bb);
+  assert_int_equal(kvrt::BlockRuns::whole(buf.data(), bb).bytes(), bb);
 }
 
 void test_copy_on_write(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
+  BlockPool pool(256, 4, budget);  // small_layout's blocks: 2 layers x 2 heads of 256 bytes
   KvCache a(pool, small_layout(), 64);
   a.reserve(6);
   for (uint32_t p = 0; p < 6; ++p) {
@@ -302,7 +329,7 @@ void test_copy_on_write(void**) {
 
 void test_copy_on_write_out_of_memory(void**) {
   MemoryBudget budget(2 * 1024);
-  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
+  BlockPool pool(256, 4, budget);  // small_layout's blocks: 2 layers x 2 heads of 256 bytes
   KvCache a(pool, small_layout(), 64);
   a.reserve(6);
   a.commit(6);
@@ -323,7 +350,7 @@ void test_copy_on_write_out_of_memory(void**) {
 
 void test_destructor_returns_blocks(void**) {
   MemoryBudget budget(1 << 20);
-  BlockPool pool(512, 2, budget);  // small_layout's blocks: 2 layers of 512 bytes
+  BlockPool pool(256, 4, budget);  // small_layout's blocks: 2 layers x 2 heads of 256 bytes
   {
     KvCache c(pool, small_layout(), 1000);
     c.reserve(100);
