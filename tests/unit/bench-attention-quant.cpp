@@ -136,20 +136,24 @@ void fill(Bench& b, uint32_t fmt, uint32_t depth, uint32_t layers, bool whole) {
 // The read floor: the same bytes one call's attention reads (each KV head's
 // K and V parts of every block, one task per KV head as the kernels split
 // them), loaded and summed with no other work.
-// 64-byte vector loads; one clone per ISA level, picked at load time, so the
-// floor does not depend on the build's -march (checked against an -march=native build).
-typedef uint64_t U64x8 __attribute__((vector_size(64), aligned(1)));
+// 32-byte vector loads, four streams of them (a 64-byte vector type made
+// the AVX2 clone spill every vector to the stack: 8 GB/s from L2); one
+// clone per ISA level, picked at load time, so the floor does not depend on
+// the build's -march.
+typedef uint64_t U64x4 __attribute__((vector_size(32), aligned(1)));
 __attribute__((target_clones("avx512f", "avx2", "default")))
 uint64_t read_run(const uint8_t* p, size_t n, uint64_t r) {
-  U64x8 a = {}, b = {};
+  U64x4 a = {}, b = {}, c = {}, d = {};
   size_t x = 0;
   for (; x + 128 <= n; x += 128) {
-    a ^= *(const U64x8*)(p + x);
-    b ^= *(const U64x8*)(p + x + 64);
+    a ^= *(const U64x4*)(p + x);
+    b ^= *(const U64x4*)(p + x + 32);
+    c ^= *(const U64x4*)(p + x + 64);
+    d ^= *(const U64x4*)(p + x + 96);
   }
-  if (x + 64 <= n) a ^= *(const U64x8*)(p + x);
-  a ^= b;
-  for (int j = 0; j < 8; ++j) r ^= a[j];
+  for (; x + 32 <= n; x += 32) a ^= *(const U64x4*)(p + x);
+  a ^= b ^ c ^ d;
+  for (int j = 0; j < 4; ++j) r ^= a[j];
   return r;
 }
 uint64_t read_parts(const Bench& b, uint32_t layer, uint32_t head, uint32_t n_blocks) {
