@@ -17,35 +17,87 @@ namespace {
 
 using detail::AttnRun;
 
+// Keys scored per pass for R rows: eight (row, key) sums fill one hsum8.
+template <int R>
+constexpr int kKeysPerPass = R == 1 ? 8 : R == 2 ? 4 : R <= 4 ? 2 : 1;
+
+// Scores s[r][j] of R rows for the n positions of a chunk from t, whose key
+// rows start at kptr[j] (scaled; -inf where row r does not see t + j).
+// A pass takes K = kKeysPerPass<R> keys: one accumulator per (row, key),
+// each query vector loaded once for the K keys, and the R * K sums reduced
+// by one hsum8 (lane r * K + k; lanes past R * K stay zero).
+template <uint32_t KF, int R>
+inline void score_chunk(const detail::AttnRows& rows, size_t hd, float scale, const uint8_t* const* kptr,
+                        uint32_t t, uint32_t n, float (*s)[detail::ATTN_CHUNK_TOKENS]) {
+  constexpr int K = kKeysPerPass<R>;
+  constexpr size_t ek = elem_bytes(KF);
+  alignas(32) int32_t tend[8], koff[8];
+  for (int i = 0; i < 8; ++i) {
+    const int r = i / K < R ? i / K : R - 1;
+    tend[i] = (int32_t)rows.t_end[r];
+    koff[i] = i % K;
+  }
+  const __m256i tend_v = _mm256_load_si256((const __m256i*)tend);
+  const __m256i koff_v = _mm256_load_si256((const __m256i*)koff);
+  const __m256 sv = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+  for (uint32_t j = 0; j < n; j += K) {
+    const uint8_t* kr[K];
+    for (int k = 0; k < K; ++k) kr[k] = kptr[j + k < n ? j + k : n - 1];
+    __m256 acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+    for (size_t d = 0; d < hd; d += 8) {
+      __m256 kv[K];
+      for (int k = 0; k < K; ++k) kv[k] = load8<KF>(kr[k] + d * ek);
+      for (int r = 0; r < R; ++r) {
+        const __m256 qv = _mm256_loadu_ps(rows.q[r] + d);
+        for (int k = 0; k < K; ++k) acc[r * K + k] = _mm256_fmadd_ps(kv[k], qv, acc[r * K + k]);
+      }
+    }
+    const __m256i pos = _mm256_add_epi32(_mm256_set1_epi32((int32_t)(t + j)), koff_v);
+    const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(tend_v, pos));
+    alignas(32) float out[8];
+    _mm256_store_ps(out, _mm256_blendv_ps(ninf, _mm256_mul_ps(sv, hsum8(acc)), live));
+    // Columns past n are overwritten with -inf by the caller.
+    for (int r = 0; r < R; ++r)
+      for (int k = 0; k < K; ++k) s[r][j + k] = out[r * K + k];
+  }
+}
+
+// acc[r][d, d + 8W) += sum over the chunk's positions j of p[r][j] * V(j).
+template <uint32_t VF, int R, int W>
+inline void values_pass(const detail::AttnRows& rows, size_t hd, const AttnRun* runs, uint32_t n_runs,
+                        const float (*p)[detail::ATTN_CHUNK_TOKENS], size_t d) {
+  constexpr size_t ev = elem_bytes(VF);
+  __m256 o[R][W];
+  for (int r = 0; r < R; ++r)
+    for (int w = 0; w < W; ++w) o[r][w] = _mm256_loadu_ps(rows.acc[r] + d + 8 * w);
+  for (uint32_t i = 0; i < n_runs; ++i) {
+    const uint8_t* vrow = runs[i].vp + d * ev;
+    const uint32_t off = runs[i].off, m = runs[i].n;
+    for (uint32_t j = 0; j < m; ++j, vrow += hd * ev) {
+      __m256 vv[W];
+      for (int w = 0; w < W; ++w) vv[w] = load8<VF>(vrow + 8 * w * ev);
+      for (int r = 0; r < R; ++r) {
+        const __m256 pw = _mm256_broadcast_ss(&p[r][off + j]);
+        for (int w = 0; w < W; ++w) o[r][w] = _mm256_fmadd_ps(pw, vv[w], o[r][w]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int w = 0; w < W; ++w) _mm256_storeu_ps(rows.acc[r] + d + 8 * w, o[r][w]);
+}
+
 // Scores, softmax update and V accumulation for R rows over one chunk: runs
 // [0, n_runs) covering n positions from t (attention-walk.h).
 template <uint32_t KF, uint32_t VF, int R>
 void attn_chunk(const detail::AttnRows& rows, size_t hd, float scale, const AttnRun* runs,
                 uint32_t n_runs, uint32_t t, uint32_t n) {
-  constexpr size_t ek = elem_bytes(KF), ev = elem_bytes(VF);
+  constexpr size_t ek = elem_bytes(KF);
   alignas(32) float s[R][detail::ATTN_CHUNK_TOKENS];
+  const uint8_t* kptr[detail::ATTN_CHUNK_TOKENS];
   for (uint32_t i = 0; i < n_runs; ++i)
-    for (uint32_t j = runs[i].off, e = j + runs[i].n; j < e; ++j) {
-      const uint8_t* krow = runs[i].kp + (j - runs[i].off) * hd * ek;
-      // Two partial sums per row halve the FMA dependency chain.
-      __m256 acc[2][R];
-      for (int r = 0; r < R; ++r) acc[0][r] = acc[1][r] = _mm256_setzero_ps();
-      size_t d = 0;
-      for (; d + 16 <= hd; d += 16)
-        for (int h = 0; h < 2; ++h) {
-          __m256 kv = load8<KF>(krow + (d + 8 * h) * ek);
-          for (int r = 0; r < R; ++r)
-            acc[h][r] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(rows.q[r] + d + 8 * h), acc[h][r]);
-        }
-      if (d < hd) {
-        __m256 kv = load8<KF>(krow + d * ek);
-        for (int r = 0; r < R; ++r)
-          acc[0][r] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(rows.q[r] + d), acc[0][r]);
-      }
-      for (int r = 0; r < R; ++r)
-        s[r][j] = t + j < rows.t_end[r] ? scale * hsum(_mm256_add_ps(acc[0][r], acc[1][r]))
-                                        : -INFINITY;
-    }
+    for (uint32_t j = 0; j < runs[i].n; ++j) kptr[runs[i].off + j] = runs[i].kp + j * hd * ek;
+  score_chunk<KF, R>(rows, hd, scale, kptr, t, n, s);
   // Pad to whole vectors with -inf so the vector max/exp below see no garbage.
   const uint32_t n8 = (n + 7) & ~7u;
   for (int r = 0; r < R; ++r)
@@ -77,37 +129,13 @@ void attn_chunk(const detail::AttnRows& rows, size_t hd, float scale, const Attn
     }
   }
 
-  // Even and odd keys feed separate accumulators (when registers allow) so
-  // the per-row FMA chains are half as long.
-  constexpr int C = R <= 4 ? 2 : 1;
-  for (size_t d = 0; d < hd; d += 8) {
-    __m256 o[C][R];
-    for (int r = 0; r < R; ++r) {
-      o[0][r] = _mm256_loadu_ps(rows.acc[r] + d);
-      if constexpr (C == 2) o[C - 1][r] = _mm256_setzero_ps();
-    }
-    for (uint32_t i = 0; i < n_runs; ++i) {
-      const uint8_t* vrun = runs[i].vp;
-      const uint32_t off = runs[i].off, m = runs[i].n;
-      uint32_t j = 0;
-      for (; j + C <= m; j += C)
-        for (int c = 0; c < C; ++c) {
-          __m256 vv = load8<VF>(vrun + ((j + c) * hd + d) * ev);
-          for (int r = 0; r < R; ++r)
-            o[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(s[r][off + j + c]), vv, o[c][r]);
-        }
-      for (; j < m; ++j) {
-        __m256 vv = load8<VF>(vrun + (j * hd + d) * ev);
-        for (int r = 0; r < R; ++r)
-          o[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(s[r][off + j]), vv, o[0][r]);
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      __m256 v = o[0][r];
-      if constexpr (C == 2) v = _mm256_add_ps(v, o[C - 1][r]);
-      _mm256_storeu_ps(rows.acc[r] + d, v);
-    }
-  }
+  // Values: 8 * W channels per pass: each weight broadcast serves W FMAs,
+  // and R * W accumulators (up to 8) are as many independent chains for the
+  // FMA units; W = 1 for more than 4 rows and for the last channels.
+  constexpr int W = R == 1 ? 4 : R <= 4 ? 2 : 1;
+  size_t d = 0;
+  for (; d + 8 * W <= hd; d += 8 * W) values_pass<VF, R, W>(rows, hd, runs, n_runs, s, d);
+  for (; d < hd; d += 8) values_pass<VF, R, 1>(rows, hd, runs, n_runs, s, d);
 }
 
 template <uint32_t KF, uint32_t VF, int R>

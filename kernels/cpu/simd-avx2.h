@@ -20,6 +20,18 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Eight horizontal sums at once: lane i = the sum of v[i]'s lanes (a
+// transposing tree, 21 shuffles and adds where eight hsum() take about 48).
+__attribute__((always_inline)) inline __m256 hsum8(const __m256* v) {
+  __m256 c[4], d[2];
+  for (int p = 0; p < 4; ++p)  // even lanes: v[2p]'s partial sums, odd: v[2p + 1]'s
+    c[p] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * p], v[2 * p + 1]), _mm256_unpackhi_ps(v[2 * p], v[2 * p + 1]));
+  for (int q = 0; q < 2; ++q)  // lane i of each half: v[4q + i]'s
+    d[q] = _mm256_add_ps(_mm256_shuffle_ps(c[2 * q], c[2 * q + 1], 0x44),
+                         _mm256_shuffle_ps(c[2 * q], c[2 * q + 1], 0xEE));
+  return _mm256_add_ps(_mm256_permute2f128_ps(d[0], d[1], 0x20), _mm256_permute2f128_ps(d[0], d[1], 0x31));
+}
+
 inline float hmax(__m256 v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));

@@ -173,12 +173,14 @@ void run_case(const Case& cs, kt::Rng& rng) {
 
 void sweep(uint32_t kf, uint32_t vf) {
   kt::Rng rng(31 + kf * 7 + vf);
-  for (uint32_t hd : {8u, 12u, 64u, 128u})
+  // hd 40 and 80: 32-channel value passes and an 8-channel tail (AVX2).
+  for (uint32_t hd : {8u, 12u, 40u, 64u, 80u, 128u})
     for (uint32_t bt : {1u, 16u, 32u})
       for (uint32_t group : {1u, 2u, 4u})
-        for (uint32_t n_q : {1u, 2u, 7u})  // 2: a two-row set of two queries (group 1)
+        // 2: a two-row set of two queries (group 1); 3: sets of 3, 6 rows.
+        for (uint32_t n_q : {1u, 2u, 3u, 7u})
           for (int32_t pos0 : {0, 5, 37, 100}) {
-            if (hd == 12 && bt != 16) continue;
+            if ((hd == 12 || hd == 40 || hd == 80) && bt != 16) continue;
             run_case({hd, bt, group, n_q, kf, vf, pos0, 1.0f}, rng);
           }
 }
