@@ -27,8 +27,9 @@ constexpr int kKeysPerPass = R == 1 ? 8 : R == 2 ? 4 : R <= 4 ? 2 : 1;
 // each query vector loaded once for the K keys, and the R * K sums reduced
 // by one hsum8 (lane r * K + k; lanes past R * K stay zero).
 template <uint32_t KF, int R>
-inline void score_chunk(const detail::AttnRows& rows, size_t hd, float scale, const uint8_t* const* kptr,
-                        uint32_t t, uint32_t n, float (*s)[detail::ATTN_CHUNK_TOKENS]) {
+inline void score_chunk(const detail::AttnRows& rows, size_t hd, float scale,
+                        const uint8_t* const* kptr, uint32_t t, uint32_t n,
+                        float (*s)[detail::ATTN_CHUNK_TOKENS]) {
   constexpr int K = kKeysPerPass<R>;
   constexpr size_t ek = elem_bytes(KF);
   alignas(32) int32_t tend[8], koff[8];
@@ -65,8 +66,8 @@ inline void score_chunk(const detail::AttnRows& rows, size_t hd, float scale, co
 
 // acc[r][d, d + 8W) += sum over the chunk's positions j of p[r][j] * V(j).
 template <uint32_t VF, int R, int W>
-inline void values_pass(const detail::AttnRows& rows, size_t hd, const AttnRun* runs, uint32_t n_runs,
-                        const float (*p)[detail::ATTN_CHUNK_TOKENS], size_t d) {
+inline void values_pass(const detail::AttnRows& rows, size_t hd, const AttnRun* runs,
+                        uint32_t n_runs, const float (*p)[detail::ATTN_CHUNK_TOKENS], size_t d) {
   constexpr size_t ev = elem_bytes(VF);
   __m256 o[R][W];
   for (int r = 0; r < R; ++r)
@@ -164,7 +165,9 @@ void attn_rows_f(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& ro
 
 // KV formats share their numbers with the weight formats for f32 and f16;
 // bf16 differs (KV_BF16 = 2, W_BF16 = 30), hence the mapping.
-constexpr uint32_t wfmt(uint32_t kvf) { return kvf == KV_F32 ? W_F32 : kvf == KV_F16 ? W_F16 : W_BF16; }
+constexpr uint32_t wfmt(uint32_t kvf) {
+  return kvf == KV_F32 ? W_F32 : kvf == KV_F16 ? W_F16 : W_BF16;
+}
 
 template <uint32_t KF>
 bool attn_rows_k(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {

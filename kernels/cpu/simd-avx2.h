@@ -25,11 +25,13 @@ inline float hsum(__m256 v) {
 __attribute__((always_inline)) inline __m256 hsum8(const __m256* v) {
   __m256 c[4], d[2];
   for (int p = 0; p < 4; ++p)  // even lanes: v[2p]'s partial sums, odd: v[2p + 1]'s
-    c[p] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * p], v[2 * p + 1]), _mm256_unpackhi_ps(v[2 * p], v[2 * p + 1]));
+    c[p] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * p], v[2 * p + 1]),
+                         _mm256_unpackhi_ps(v[2 * p], v[2 * p + 1]));
   for (int q = 0; q < 2; ++q)  // lane i of each half: v[4q + i]'s
     d[q] = _mm256_add_ps(_mm256_shuffle_ps(c[2 * q], c[2 * q + 1], 0x44),
                          _mm256_shuffle_ps(c[2 * q], c[2 * q + 1], 0xEE));
-  return _mm256_add_ps(_mm256_permute2f128_ps(d[0], d[1], 0x20), _mm256_permute2f128_ps(d[0], d[1], 0x31));
+  return _mm256_add_ps(_mm256_permute2f128_ps(d[0], d[1], 0x20),
+                       _mm256_permute2f128_ps(d[0], d[1], 0x31));
 }
 
 inline float hmax(__m256 v) {

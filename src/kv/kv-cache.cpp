@@ -33,7 +33,8 @@ KvCache::KvCache(BlockPool& pool, const kvrt_k::KvLayout& layout, uint32_t n_ctx
   if (kvrt_k::kv_head_part_bytes(layout) != pool.part_bytes() ||
       static_cast<uint64_t>(layout.n_layer) * layout.n_head_kv != pool.n_parts())
     fail(KVRT_ERR_INVALID_ARGUMENT,
-         "KV layout: %u layers x %u KV heads of %zu bytes, but the pool's blocks are %u parts of %zu bytes",
+         "KV layout: %u layers x %u KV heads of %zu bytes, "
+         "but the pool's blocks are %u parts of %zu bytes",
          layout.n_layer, layout.n_head_kv, kvrt_k::kv_head_part_bytes(layout), pool.n_parts(),
          pool.part_bytes());
   kvrt_k::kv_layout_head_parts(&layout_, pool.part_stride());
