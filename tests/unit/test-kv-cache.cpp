@@ -256,6 +256,13 @@ void test_block_runs(void**) {
       const uint8_t want = b == 1 ? static_cast<uint8_t>(o * 7 + 3) : pattern(b, o);
       if (c.block_ptr(b)[where[o]] != want) fail_msg("block %u byte %zu after scatter", b, o);
     }
+  // What the layout is for: one head's parts of neighbouring blocks of a
+  // slab are back to back, so one attention task reads a single run.
+  const ptrdiff_t step = c.block_ptr(1) - c.block_ptr(0);
+  assert_int_equal(step < 0 ? -step : step, kvrt_k::kv_head_part_bytes(lay));
+  for (uint32_t b = 0; b + 1 < 3; ++b)
+    assert_ptr_equal(c.block_ptr(b + 1) + kvrt_k::kv_v_offset(pl, 4, 2),
+                     c.block_ptr(b) + kvrt_k::kv_v_offset(pl, 4, 2) + step);
   // Head 1 of layer 2: K right before V in its part, parts a stride apart.
   assert_int_equal(kvrt_k::kv_k_offset(pl, 2, 1), (2 * 3 + 1) * pool.part_stride());
   assert_int_equal(kvrt_k::kv_v_offset(pl, 2, 1), (2 * 3 + 1) * pool.part_stride() + kb);
