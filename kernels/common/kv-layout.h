@@ -67,8 +67,10 @@ KVRT_HD void kv_layout_one_piece(KvLayout* l) {
   l->v_head_stride = l->v_head_bytes;
 }
 
-// Bytes of one (layer, KV head) part of a pool block: K, then V.
+// A pool block's parts: one per (layer, KV head), of kv_head_part_bytes:
+// that head's K, then its V.
 KVRT_HD size_t kv_head_part_bytes(const KvLayout& l) { return l.k_head_bytes + l.v_head_bytes; }
+KVRT_HD uint32_t kv_n_head_parts(const KvLayout& l) { return l.n_layer * l.n_head_kv; }
 
 // The strides of a pool block: part (layer, head) at (layer * n_head_kv +
 // head) * part_stride from the block's base, holding K then V.

@@ -21,7 +21,7 @@ inline float hsum(__m256 v) {
 }
 
 // Eight horizontal sums at once: lane i = the sum of v[i]'s lanes (a
-// transposing tree, 21 shuffles and adds where eight hsum() take about 48).
+// transposing tree: 21 shuffles and adds, where eight hsum() take 48).
 __attribute__((always_inline)) inline __m256 hsum8(const __m256* v) {
   __m256 c[4], d[2];
   for (int p = 0; p < 4; ++p)  // even lanes: v[2p]'s partial sums, odd: v[2p + 1]'s

@@ -90,7 +90,7 @@ Session::Session(std::shared_ptr<const LoadedModel> model, const SessionConfig& 
   kvrt_k::KvLayout layout;
   kvrt_k::kv_layout_init(&layout, hp.n_layer, hp.n_head_kv, hp.head_dim,
                          rt_.config().block_tokens, cfg_.k_format, cfg_.v_format);
-  BlockPool& pool = rt_.pool_for(kvrt_k::kv_head_part_bytes(layout), layout.n_layer * layout.n_head_kv);
+  BlockPool& pool = rt_.pool_for(kvrt_k::kv_head_part_bytes(layout), kvrt_k::kv_n_head_parts(layout));
   kv_ = std::make_unique<KvCache>(pool, layout, cfg_.n_ctx);
   quant_ = kvrt_k::kv_is_quant(cfg_.k_format);
   if (quant_) {

@@ -31,7 +31,7 @@ KvCache::KvCache(BlockPool& pool, const kvrt_k::KvLayout& layout, uint32_t n_ctx
   if (layout.block_tokens == 0)
     fail(KVRT_ERR_INVALID_ARGUMENT, "KV layout: block_tokens is 0");
   if (kvrt_k::kv_head_part_bytes(layout) != pool.part_bytes() ||
-      static_cast<uint64_t>(layout.n_layer) * layout.n_head_kv != pool.n_parts())
+      kvrt_k::kv_n_head_parts(layout) != pool.n_parts())
     fail(KVRT_ERR_INVALID_ARGUMENT,
          "KV layout: %u layers x %u KV heads of %zu bytes, "
          "but the pool's blocks are %u parts of %zu bytes",

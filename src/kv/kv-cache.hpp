@@ -11,31 +11,30 @@ namespace kvrt {
 
 // Where one block's bytes are, piece by piece in the order of its one-piece
 // form (kv-layout.h: per layer, each KV head's K part, then each one's V
-// part; what snapshots store): K of head h in layer l at base + l *
-// layer_stride + h * k_stride, its V at base + l * layer_stride + v_base +
-// h * v_stride. A block in one piece (a snapshot's, the stage) is one
-// piece of all its bytes.
+// part; what snapshots store), at the offsets `lay` gives
+// (kv_k_offset, kv_v_offset) from base. A block in one piece (a
+// snapshot's, the stage) is one piece of all its bytes.
 struct BlockRuns {
   uint8_t* base;
-  size_t k_bytes, v_bytes;  // one head's K and V part
-  size_t layer_stride, k_stride, v_base, v_stride;
-  uint32_t n_layer, n_head;
+  kvrt_k::KvLayout lay;
 
-  static BlockRuns whole(uint8_t* p, size_t bytes) { return {p, bytes, 0, bytes, bytes, 0, 0, 1, 1}; }
-  static BlockRuns of(uint8_t* p, const kvrt_k::KvLayout& l) {
-    return {p, l.k_head_bytes, l.v_head_bytes, l.layer_stride, l.k_head_stride, l.v_base,
-            l.v_head_stride, l.n_layer, l.n_head_kv};
+  static BlockRuns whole(uint8_t* p, size_t bytes) {
+    kvrt_k::KvLayout l{};
+    l.n_layer = l.n_head_kv = 1;
+    l.k_head_bytes = l.layer_bytes = l.block_bytes = bytes;
+    kvrt_k::kv_layout_one_piece(&l);
+    return {p, l};
   }
-  size_t bytes() const { return (k_bytes + v_bytes) * n_head * n_layer; }
+  static BlockRuns of(uint8_t* p, const kvrt_k::KvLayout& l) { return {p, l}; }
+  size_t bytes() const { return lay.block_bytes; }
   // f(piece, bytes) for each non-empty piece, in one-piece order.
   template <class F>
   void for_each(F&& f) const {
-    for (uint32_t l = 0; l < n_layer; ++l) {
-      uint8_t* p = base + l * layer_stride;
-      if (k_bytes)
-        for (uint32_t h = 0; h < n_head; ++h) f(p + h * k_stride, k_bytes);
-      if (v_bytes)
-        for (uint32_t h = 0; h < n_head; ++h) f(p + v_base + h * v_stride, v_bytes);
+    for (uint32_t l = 0; l < lay.n_layer; ++l) {
+      if (lay.k_head_bytes)
+        for (uint32_t h = 0; h < lay.n_head_kv; ++h) f(base + kvrt_k::kv_k_offset(lay, l, h), lay.k_head_bytes);
+      if (lay.v_head_bytes)
+        for (uint32_t h = 0; h < lay.n_head_kv; ++h) f(base + kvrt_k::kv_v_offset(lay, l, h), lay.v_head_bytes);
     }
   }
   // Copies the block out to / in from its one-piece form.

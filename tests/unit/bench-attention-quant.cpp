@@ -97,7 +97,7 @@ void fill(Bench& b, uint32_t fmt, uint32_t depth, uint32_t layers, bool whole) {
     for (uint32_t i = 0; i < n_blocks; ++i) blocks[i] = b.whole.p + (size_t)i * b.lay.block_bytes;
   } else {
     b.budget = std::make_unique<kvrt::MemoryBudget>((uint64_t)n_blocks * b.lay.block_bytes);
-    b.pool = std::make_unique<kvrt::BlockPool>(kv_head_part_bytes(b.lay), layers * kKv, *b.budget);
+    b.pool = std::make_unique<kvrt::BlockPool>(kv_head_part_bytes(b.lay), kv_n_head_parts(b.lay), *b.budget);
     kv_layout_head_parts(&b.lay, b.pool->part_stride());
     std::vector<uint32_t> ids(n_blocks);
     if (!b.pool->alloc(n_blocks, ids.data())) std::abort();

@@ -222,7 +222,7 @@ void test_block_runs(void**) {
   MemoryBudget budget(1 << 20);
   kvrt_k::KvLayout lay;
   kvrt_k::kv_layout_init(&lay, 5, 3, 8, kBt, kvrt_k::KV_F16, kvrt_k::KV_F32);  // K 64, V 128 bytes
-  BlockPool pool(kvrt_k::kv_head_part_bytes(lay), lay.n_layer * lay.n_head_kv, budget);
+  BlockPool pool(kvrt_k::kv_head_part_bytes(lay), kvrt_k::kv_n_head_parts(lay), budget);
   KvCache c(pool, lay, 64);
   c.reserve(3 * kBt);
   c.commit(3 * kBt);
