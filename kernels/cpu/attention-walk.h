@@ -23,6 +23,15 @@ namespace {
 constexpr uint32_t ATTN_CHUNK_TOKENS = 64;
 // Runs per chunk at most: blocks of fewer than 4 tokens give shorter chunks.
 constexpr uint32_t ATTN_CHUNK_RUNS = ATTN_CHUNK_TOKENS / 4;
+// Bytes of K and V rows prefetched past the chunk being computed (at least
+// 8 positions). The pool keeps a head's rows of neighbouring blocks back to
+// back, runs the hardware prefetchers stream into L2; the software
+// prefetches into L1 need only stay ahead of that, and further ahead they
+// push the chunk's own lines out of L1 (64 f16 positions of head_dim 64 are
+// 16 KB of K and V). 8 KB, 32 such positions, took f16 attention about 10%
+// less time from memory than 128 positions (docs/benchmarks.md, "Prefetch
+// distance of the float walk").
+constexpr size_t ATTN_WALK_PREFETCH_BYTES = 8192;
 
 // One block's part of a chunk: n positions whose K and V rows start at kp
 // and vp; their scores go to columns [off, off + n) of the chunk.
@@ -73,8 +82,8 @@ struct AttnWalk {
 
 // Walks kv_head's part of layer a.layer over the positions rows see, whose
 // K and V rows take krow and vrow bytes: f(runs, n_runs, t, n) for each
-// chunk of n positions from t, with the rows up to ATTN_PREFETCH_TOKENS
-// past it prefetched first.
+// chunk of n positions from t, with the rows ATTN_WALK_PREFETCH_BYTES past
+// it prefetched first.
 template <class F>
 inline void attn_for_each_chunk(const AttnArgs& a, uint32_t kv_head, const AttnRows& rows,
                                 size_t krow, size_t vrow, F&& f) {
@@ -83,11 +92,13 @@ inline void attn_for_each_chunk(const AttnArgs& a, uint32_t kv_head, const AttnR
   for (uint32_t r = 0; r < rows.n; ++r) t_max = rows.t_end[r] > t_max ? rows.t_end[r] : t_max;
   AttnWalk w{a.blocks, kv_k_offset(L, a.layer, kv_head), kv_v_offset(L, a.layer, kv_head),
              krow, vrow, L.block_tokens, t_max, rows.t0};
+  const size_t ahead_rows = ATTN_WALK_PREFETCH_BYTES / (krow + vrow);
+  const uint32_t ahead = ahead_rows > 8 ? (uint32_t)ahead_rows : 8;
   AttnRun runs[ATTN_CHUNK_RUNS];
   uint32_t n_runs;
   for (uint32_t t = rows.t0; t < t_max;) {
     const uint32_t n = w.chunk(t, runs, &n_runs);
-    w.prefetch_to(t + n + ATTN_PREFETCH_TOKENS);
+    w.prefetch_to(t + n + ahead);
     f(runs, n_runs, t, n);
     t += n;
   }

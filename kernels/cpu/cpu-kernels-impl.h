@@ -13,12 +13,13 @@ namespace detail {
 // Attention works on up to this many (query, head) rows at once, so each K/V
 // row loaded from the cache serves every row of the set.
 constexpr uint32_t ATTN_MAX_ROWS = 8;
-// Cache positions prefetched ahead of the ones being computed. Blocks are
-// scattered (block table) and hardware prefetchers stop at page edges, so
-// every attention kernel fetches its K and V rows this far ahead: far
-// enough to cover DRAM latency, and counted in positions, not blocks, so
-// that large blocks do not keep more lines in flight than the L1 cache
-// holds (docs/quantization.md, "Block size").
+// Cache positions the quantized kernels prefetch ahead of the ones being
+// computed (attention-quant.cpp; the float walk counts bytes instead,
+// attention-walk.h). Blocks are scattered (block table) and hardware
+// prefetchers stop at page edges, so the walk fetches its K and V blocks
+// this far ahead: far enough to cover DRAM latency, and counted in
+// positions, not blocks, so that large blocks do not keep more lines in
+// flight than the L1 cache holds (docs/quantization.md, "Block size").
 constexpr uint32_t ATTN_PREFETCH_TOKENS = 128;
 
 // Prefetches every cache line of [p, p + n) into L1; nothing for a null p.
