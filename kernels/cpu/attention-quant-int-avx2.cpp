@@ -293,18 +293,18 @@ inline void token_lanes(const uint16_t* p, uint32_t ngv, uint32_t n, __m256* v) 
   }
 }
 
-// acc[k] = alpha[k] * acc[k] + sum over runs r and rows t of
-// w[k][r][G][t] * code(r, t, c) (+ mb[k][G] for q4) for K <= 4 heads, 16
-// channels per pass (8 accumulators of the 16 registers); w is
-// [k][kMaxRuns][G][kRows]. q4 passes keep even and odd channels apart (a
-// code byte holds one of each) and interleave them when storing.
+// Channels [c_begin, c_end) of one 32-channel group, K <= 4 heads: acc[k]
+// = alpha[k] * acc[k] + sum over runs r and rows t of w[k][r][t] *
+// code(r, t, c) (+ mb[k] for q4), 16 channels per pass (8 accumulators of
+// the 16 registers); w is [k][kMaxRuns][kRows], the group's value scales
+// folded in. q4 passes keep even and odd channels apart (a code byte holds
+// one of each) and interleave them when storing.
 template <uint32_t VF, int K>
 __attribute__((noinline)) void values(const VRun* runs, uint32_t nr, size_t rb, uint32_t hd,
-                                      const float* w, const float* mb, const float* alpha, float* acc) {
-  const uint32_t ngv = qpad(hd) / 32;
-  const size_t wk = (size_t)kMaxRuns * ngv * kRows;  // floats per head in w
-  for (uint32_t c0 = 0; c0 < hd; c0 += 16) {
-    const uint32_t G = c0 / 32;
+                                      uint32_t c_begin, uint32_t c_end, const float* w,
+                                      const float* mb, const float* alpha, float* acc) {
+  constexpr size_t wk = (size_t)kMaxRuns * kRows;  // floats per head in w
+  for (uint32_t c0 = c_begin; c0 < c_end; c0 += 16) {
     __m256 a[K][2];
     for (int k = 0; k < K; ++k) {
       const __m256 al = _mm256_set1_ps(alpha[k]);
@@ -319,7 +319,7 @@ __attribute__((noinline)) void values(const VRun* runs, uint32_t nr, size_t rb, 
     }
     for (uint32_t r = 0; r < nr; ++r) {
       const uint8_t* codes = runs[r].v;
-      const float* wr = w + ((size_t)r * ngv + G) * kRows;
+      const float* wr = w + (size_t)r * kRows;
       for (uint32_t t = 0; t < runs[r].n; ++t) {
         const uint8_t* row = codes + t * rb;
         __m256 x0, x1;
@@ -342,7 +342,7 @@ __attribute__((noinline)) void values(const VRun* runs, uint32_t nr, size_t rb, 
     for (int k = 0; k < K; ++k) {
       float* ac = acc + (size_t)k * hd + c0;
       if constexpr (VF == kKvqQ4) {
-        const __m256 mv = _mm256_set1_ps(mb[k * ngv + G]);
+        const __m256 mv = _mm256_set1_ps(mb[k]);
         const __m256 e = _mm256_add_ps(a[k][0], mv), o = _mm256_add_ps(a[k][1], mv);
         const __m256 lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
         a[k][0] = _mm256_permute2f128_ps(lo, hi, 0x20);
@@ -355,7 +355,10 @@ __attribute__((noinline)) void values(const VRun* runs, uint32_t nr, size_t rb, 
 }
 
 // One online-softmax update of NG heads over the scores s[r][g] of nr runs
-// (lanes past a run's rows are -inf), then the values of those runs.
+// (lanes past a run's rows are -inf), then the values of those runs, one
+// 32-channel group at a time: the weights of one group of NG heads take 2
+// KiB of stack where those of every group of head_dim 512 took 32
+// (docs/api.md, the caller's stack).
 template <uint32_t VF, uint32_t NG>
 void softmax_values(__m256 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, uint32_t hd, float* m,
                     float* l, float* acc) {
@@ -378,35 +381,39 @@ void softmax_values(__m256 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, u
       m[g] = m_new[g];
     }
   }
-  // Weights with the value scales folded in, [g][r][G][t]; q4: sum_t p * min.
-  alignas(32) float w[NG * kMaxRuns * kMaxG32 * kRows];
-  float mb[NG * kMaxG32];
-  __m256 pm[NG * kMaxG32], sum[NG];
-  for (uint32_t i = 0; i < NG * ngv; ++i) pm[i] = _mm256_setzero_ps();
+  // Exponentials p[r][g] in place of the scores (-inf lanes give 0).
+  __m256 sum[NG];
   for (uint32_t g = 0; g < NG; ++g) sum[g] = _mm256_setzero_ps();
-  for (uint32_t r = 0; r < nr; ++r) {
-    __m256 vs[kMaxG32], vm[kMaxG32];
-    token_lanes(runs[r].sc, ngv, runs[r].n, vs);
-    if constexpr (VF == kKvqQ4) token_lanes(runs[r].mn, ngv, runs[r].n, vm);
+  for (uint32_t r = 0; r < nr; ++r)
     for (uint32_t g = 0; g < NG; ++g) {
-      // -inf lanes give exp_ps = 0.
-      const __m256 p = exp_ps(_mm256_sub_ps(s[r][g], _mm256_set1_ps(m_new[g])));
-      sum[g] = _mm256_add_ps(sum[g], p);
-      for (uint32_t G = 0; G < ngv; ++G) {
-        _mm256_store_ps(w + (((size_t)g * kMaxRuns + r) * ngv + G) * kRows, _mm256_mul_ps(p, vs[G]));
-        if constexpr (VF == kKvqQ4) pm[g * ngv + G] = _mm256_fmadd_ps(p, vm[G], pm[g * ngv + G]);
+      s[r][g] = exp_ps(_mm256_sub_ps(s[r][g], _mm256_set1_ps(m_new[g])));
+      sum[g] = _mm256_add_ps(sum[g], s[r][g]);
+    }
+  for (uint32_t g = 0; g < NG; ++g) l[g] = l[g] * alpha[g] + hsum(sum[g]);
+  // Per group G: weights with its value scales folded in, [g][r][t]; q4:
+  // mb[g] = sum_t p * min.
+  alignas(32) float w[NG * kMaxRuns * kRows];
+  for (uint32_t G = 0; G < ngv; ++G) {
+    float mb[NG];
+    __m256 pm[NG];
+    for (uint32_t g = 0; g < NG; ++g) pm[g] = _mm256_setzero_ps();
+    for (uint32_t r = 0; r < nr; ++r) {
+      __m256 vs[kMaxG32], vm[kMaxG32];
+      token_lanes(runs[r].sc, ngv, runs[r].n, vs);
+      if constexpr (VF == kKvqQ4) token_lanes(runs[r].mn, ngv, runs[r].n, vm);
+      for (uint32_t g = 0; g < NG; ++g) {
+        _mm256_store_ps(w + ((size_t)g * kMaxRuns + r) * kRows, _mm256_mul_ps(s[r][g], vs[G]));
+        if constexpr (VF == kKvqQ4) pm[g] = _mm256_fmadd_ps(s[r][g], vm[G], pm[g]);
       }
     }
-  }
-  for (uint32_t g = 0; g < NG; ++g) {
-    l[g] = l[g] * alpha[g] + hsum(sum[g]);
     if constexpr (VF == kKvqQ4)
-      for (uint32_t G = 0; G < ngv; ++G) mb[g * ngv + G] = hsum(pm[g * ngv + G]);
-  }
-  for (uint32_t g = 0; g < NG; g += 4) {
-    constexpr int K = NG < 4 ? (int)NG : 4;
-    values<VF, K>(runs, nr, rbv, hd, w + (size_t)g * kMaxRuns * ngv * kRows, mb + (size_t)g * ngv,
-                  alpha + g, acc + (size_t)g * hd);
+      for (uint32_t g = 0; g < NG; ++g) mb[g] = hsum(pm[g]);
+    const uint32_t c_end = 32 * G + 32 < hd ? 32 * G + 32 : hd;
+    for (uint32_t g = 0; g < NG; g += 4) {
+      constexpr int K = NG < 4 ? (int)NG : 4;
+      values<VF, K>(runs, nr, rbv, hd, 32 * G, c_end, w + (size_t)g * kMaxRuns * kRows, mb + g, alpha + g,
+                    acc + (size_t)g * hd);
+    }
   }
 }
 
