@@ -160,17 +160,24 @@ void finish(uint32_t n, uint32_t hd, const float* l, const float* acc, float* ou
   }
 }
 
+// The walks' buffers live on the stack of the thread that calls into the
+// library (docs/api.md), so each walk comes in two sizes: for head_dim up to
+// kSmallHeadDim (a multiple of 32, as the rounded step pads to) and up to
+// kQAttnMaxHeadDim. With 8 heads the small walk_heads takes 4 KiB of query
+// buffer instead of 16, walk_padded 8 instead of 32.
+constexpr uint32_t kSmallHeadDim = 128;
+
 // Continues the online softmax (m, l, acc as start() sets them up) of ngh
-// query heads (rows of hd floats from q0) over positions [t0, t1).
-void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const float* q0,
-                uint32_t ngh, uint32_t t0, uint32_t t1, float* m, float* l, float* acc) {
+// query heads (rows of hd <= HdCap floats from q0) over positions [t0, t1).
+template <uint32_t HdCap>
+void walk_heads_t(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const float* q0,
+                  uint32_t ngh, uint32_t t0, uint32_t t1, float* m, float* l, float* acc) {
   const AttnArgs& a = qa.base;
   const KvLayout& L = *a.layout;
   const uint32_t hd = L.head_dim, bt = L.block_tokens;
   const uint32_t ngv = kvq_n_groups(hd);
   const size_t rbk = kvq_row_bytes(L.k_format, hd), rbv = kvq_row_bytes(L.v_format, hd);
-  float qs[kGroupChunk * kQAttnMaxHeadDim], bias[kGroupChunk], s[kGroupChunk * C],
-      p[kGroupChunk * C];
+  float qs[kGroupChunk * HdCap], bias[kGroupChunk], s[kGroupChunk * C], p[kGroupChunk * C];
   // Fetch this head's K and V blocks ATTN_PREFETCH_TOKENS ahead, in whole
   // blocks (at least 2: 8 of 16 tokens, 2 of 64).
   const uint32_t b_end = t0 < t1 ? (t1 + bt - 1) / bt : 0;
@@ -273,16 +280,25 @@ void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const
   }
 }
 
+void walk_heads(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const float* q0,
+                uint32_t ngh, uint32_t t0, uint32_t t1, float* m, float* l, float* acc) {
+  if (qa.base.layout->head_dim <= kSmallHeadDim)
+    walk_heads_t<kSmallHeadDim>(qa, op, kv_head, q0, ngh, t0, t1, m, l, acc);
+  else
+    walk_heads_t<kQAttnMaxHeadDim>(qa, op, kv_head, q0, ngh, t0, t1, m, l, acc);
+}
+
 // walk_heads for ngh heads run as ngp > ngh: the extra rows zero queries,
 // their results dropped; the real rows' state is copied in and out. Out of
-// line, so that its 32 KiB of buffers are on the stack only while a padded
-// pass runs.
-__attribute__((noinline)) void walk_padded(const QAttnArgs& qa, const QAttnOps& op,
-                                           uint32_t kv_head, const float* q0, uint32_t ngh,
-                                           uint32_t ngp, uint32_t t0, uint32_t t1, float* m,
-                                           float* l, float* acc) {
+// line, so that its buffers (2 x 8 heads x HdCap floats) are on the stack
+// only while a padded pass runs.
+template <uint32_t HdCap>
+__attribute__((noinline)) void walk_padded_t(const QAttnArgs& qa, const QAttnOps& op,
+                                             uint32_t kv_head, const float* q0, uint32_t ngh,
+                                             uint32_t ngp, uint32_t t0, uint32_t t1, float* m,
+                                             float* l, float* acc) {
   const uint32_t hd = qa.base.layout->head_dim;
-  alignas(64) float qp[kGroupChunk * kQAttnMaxHeadDim], ap[kGroupChunk * kQAttnMaxHeadDim];
+  alignas(64) float qp[kGroupChunk * HdCap], ap[kGroupChunk * HdCap];
   float mp[kGroupChunk], lp[kGroupChunk];
   memcpy(qp, q0, (size_t)ngh * hd * sizeof(float));
   memset(qp + (size_t)ngh * hd, 0, (size_t)(ngp - ngh) * hd * sizeof(float));
@@ -294,6 +310,15 @@ __attribute__((noinline)) void walk_padded(const QAttnArgs& qa, const QAttnOps& 
   memcpy(m, mp, ngh * sizeof(float));
   memcpy(l, lp, ngh * sizeof(float));
   memcpy(acc, ap, (size_t)ngh * hd * sizeof(float));
+}
+
+void walk_padded(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, const float* q0,
+                 uint32_t ngh, uint32_t ngp, uint32_t t0, uint32_t t1, float* m, float* l,
+                 float* acc) {
+  if (qa.base.layout->head_dim <= kSmallHeadDim)
+    walk_padded_t<kSmallHeadDim>(qa, op, kv_head, q0, ngh, ngp, t0, t1, m, l, acc);
+  else
+    walk_padded_t<kQAttnMaxHeadDim>(qa, op, kv_head, q0, ngh, ngp, t0, t1, m, l, acc);
 }
 
 // walk_heads for query heads [g0, g0 + ngh) of query qi; a head count the
@@ -335,7 +360,8 @@ uint32_t queries_per_pass(const QAttnOps& op, uint32_t hd, uint32_t group) {
 // kv_head: one pass of their rows over the positions all of them see, then
 // each query j > 0 continues its rows' online softmax over its own last j
 // positions alone.
-void walk_queries(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi0, uint32_t nq) {
+void walk_queries(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uint32_t qi0,
+                  uint32_t nq) {
   const AttnArgs& a = qa.base;
   const uint32_t hd = a.layout->head_dim, group = a.n_head / a.layout->n_head_kv;
   const uint32_t rows = nq * group, ngp = pass_heads(op, hd, rows);
@@ -343,14 +369,16 @@ void walk_queries(const QAttnArgs& qa, const QAttnOps& op, uint32_t kv_head, uin
   alignas(64) float qp[kPassFloats], ap[kPassFloats];
   float mp[kGroupChunk], lp[kGroupChunk];
   for (uint32_t j = 0; j < nq; ++j)
-    memcpy(qp + j * row_floats, a.q + (size_t)(qi0 + j) * a.q_stride + head_off, row_floats * sizeof(float));
+    memcpy(qp + j * row_floats, a.q + (size_t)(qi0 + j) * a.q_stride + head_off,
+           row_floats * sizeof(float));
   memset(qp + (size_t)rows * hd, 0, (size_t)(ngp - rows) * hd * sizeof(float));
   const uint32_t t_all = (uint32_t)a.pos0 + qi0 + 1;  // what query qi0, and so every one, sees
   start(ngp, hd, mp, lp, ap);
   walk_heads(qa, op, kv_head, qp, ngp, 0, t_all, mp, lp, ap);
   for (uint32_t j = 0; j < nq; ++j) {
     const size_t r = (size_t)j * group;
-    if (j > 0) walk(qa, op, kv_head, qi0 + j, 0, group, t_all, t_all + j, mp + r, lp + r, ap + r * hd);
+    if (j > 0)
+      walk(qa, op, kv_head, qi0 + j, 0, group, t_all, t_all + j, mp + r, lp + r, ap + r * hd);
     finish(group, hd, lp + r, ap + r * hd, a.out + (size_t)(qi0 + j) * a.q_stride + head_off);
   }
 }
