@@ -106,12 +106,127 @@ void rows_block(const uint8_t* w, size_t row_bytes, size_t k, const float* x, si
     tile<WT, RB, 1, 4 / RB>(w, row_bytes, k, x + m * ldx, ldx, y + m * ldy, ldy);
 }
 
+// Prefill products (many activation rows) of f16, bf16 and Q8_0 weights: a
+// panel of kPanelRows weight rows is converted to f32 and packed k-major, kPackK
+// weights of each row at a time (16 KiB, in L1), and an MB x 16 block of
+// outputs is accumulated in 2 * MB registers from one broadcast activation
+// and two panel vectors per weight column: no conversion per FMA, no
+// horizontal sums, and 2 + MB loads per 2 * MB FMAs, where the dot-product
+// tile (above) converts each weight vector for 3 activation rows and ends
+// every output with a horizontal sum. The output block is stored after the
+// first kPackK weights and added to after each further kPackK.
+constexpr size_t kPanelRows = 16;
+constexpr size_t kPackK = MATMUL_PACK_FLOATS / kPanelRows;
+static_assert(kPackK % Q8_0_BLOCK == 0, "a chunk of the panel holds whole Q8_0 blocks");
+// Activation rows from which a product takes the packed path.
+constexpr size_t kPackMinRows = 16;
+
+// Weights [j, j + 8) of a row as f32 (for Q8_0, j is a multiple of 8 and
+// the 8 lie in one block).
+template <uint32_t WT>
+inline __m256 load8_at(const uint8_t* row, size_t j) {
+  if constexpr (WT == W_Q8_0) {
+    const uint8_t* blk = row + (j / Q8_0_BLOCK) * sizeof(BlockQ8_0);
+    uint16_t h;
+    memcpy(&h, blk, 2);
+    const __m128i q = _mm_loadl_epi64((const __m128i*)(blk + 2 + j % Q8_0_BLOCK));
+    return _mm256_mul_ps(_mm256_set1_ps(f16_to_f32(h)),
+                         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
+  } else {
+    return load8<WT>(row + j * elem_bytes(WT));
+  }
+}
+
+// pk[(j - j0) * 16 + i] = W[i][j] as f32 for rows i < 16 and j in [j0, j1)
+// (for Q8_0, j0 and j1 are multiples of its block).
+template <uint32_t WT>
+void pack_panel(const uint8_t* w, size_t row_bytes, size_t j0, size_t j1, float* pk) {
+  size_t j = j0;
+  for (; j + 8 <= j1; j += 8)
+    for (size_t h = 0; h < kPanelRows; h += 8) {
+      __m256 v[8];
+      for (size_t i = 0; i < 8; ++i) v[i] = load8_at<WT>(w + (h + i) * row_bytes, j);
+      transpose8(v);
+      for (size_t c = 0; c < 8; ++c) _mm256_store_ps(pk + (j - j0 + c) * kPanelRows + h, v[c]);
+    }
+  if constexpr (WT != W_Q8_0)
+    for (; j < j1; ++j)
+      for (size_t i = 0; i < kPanelRows; ++i)
+        pk[(j - j0) * kPanelRows + i] = load1<WT>(w + i * row_bytes + j * elem_bytes(WT));
+}
+
+// y[m][0, 16) (+)= sum over n columns of pk[j][0, 16) * x[m][j], m < MB.
+template <int MB>
+void panel_block(const float* pk, size_t n, const float* x, size_t ldx, float* y, size_t ldy,
+                 bool add) {
+  // Two arrays, loops unrolled: kept as one array of pairs, GCC stored
+  // every accumulator to the stack once per column (half the speed).
+  __m256 c0[MB], c1[MB];
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) c0[m] = c1[m] = _mm256_setzero_ps();
+  for (size_t j = 0; j < n; ++j) {
+    const __m256 w0 = _mm256_load_ps(pk + j * kPanelRows);
+    const __m256 w1 = _mm256_load_ps(pk + j * kPanelRows + 8);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m256 xv = _mm256_broadcast_ss(x + m * ldx + j);
+      c0[m] = _mm256_fmadd_ps(w0, xv, c0[m]);
+      c1[m] = _mm256_fmadd_ps(w1, xv, c1[m]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) {
+    float* o = y + m * ldy;
+    if (add) {
+      c0[m] = _mm256_add_ps(c0[m], _mm256_loadu_ps(o));
+      c1[m] = _mm256_add_ps(c1[m], _mm256_loadu_ps(o + 8));
+    }
+    _mm256_storeu_ps(o, c0[m]);
+    _mm256_storeu_ps(o + 8, c1[m]);
+  }
+}
+
+// Rows [r, r + 16) of y for every activation row, from the packed panel.
+template <uint32_t WT>
+void panel_rows(const uint8_t* w, size_t row_bytes, size_t k, const float* x, size_t ldx,
+                size_t n_rows_x, float* y, size_t ldy, float* pk) {
+  constexpr int MB = 6;
+  for (size_t j0 = 0; j0 < k; j0 += kPackK) {
+    const size_t j1 = j0 + kPackK < k ? j0 + kPackK : k, n = j1 - j0;
+    const bool add = j0 > 0;
+    pack_panel<WT>(w, row_bytes, j0, j1, pk);
+    size_t m = 0;
+    for (; m + MB <= n_rows_x; m += MB)
+      panel_block<MB>(pk, n, x + m * ldx + j0, ldx, y + m * ldy, ldy, add);
+    const float* xm = x + m * ldx + j0;
+    float* ym = y + m * ldy;
+    switch (n_rows_x - m) {
+      case 5: panel_block<5>(pk, n, xm, ldx, ym, ldy, add); break;
+      case 4: panel_block<4>(pk, n, xm, ldx, ym, ldy, add); break;
+      case 3: panel_block<3>(pk, n, xm, ldx, ym, ldy, add); break;
+      case 2: panel_block<2>(pk, n, xm, ldx, ym, ldy, add); break;
+      case 1: panel_block<1>(pk, n, xm, ldx, ym, ldy, add); break;
+      default: break;
+    }
+  }
+}
+
 template <uint32_t WT>
 void matmul_t(const void* w, size_t k, size_t r0, size_t r1, const float* x, size_t ldx,
-              size_t n_rows_x, float* y, size_t ldy) {
+              size_t n_rows_x, float* y, size_t ldy, float* scratch) {
   const size_t rb = weight_row_bytes(WT, k);
   const uint8_t* base = (const uint8_t*)w;
   size_t r = r0;
+  // f32 weights need no conversion, and their dot-product tiles measured as
+  // fast as the packed panel.
+  if constexpr (WT != W_F32) {
+    if (n_rows_x >= kPackMinRows && k > 0) {
+      // The panel must be 32-byte aligned for its vector loads.
+      float* pk = (float*)(((uintptr_t)scratch + 31) & ~(uintptr_t)31);
+      for (; r + kPanelRows <= r1; r += kPanelRows)
+        panel_rows<WT>(base + r * rb, rb, k, x, ldx, n_rows_x, y + r, ldy, pk);
+    }
+  }
   if (n_rows_x == 1) {
     // Decode: four rows a quarter of the range apart at once, so four
     // streams are in flight (see dot_rows4 in matmul-avx512.cpp); the rows
@@ -136,12 +251,12 @@ void matmul_t(const void* w, size_t k, size_t r0, size_t r1, const float* x, siz
 void matmul(uint32_t wtype, const void* w, size_t k, size_t r0, size_t r1, const float* x,
             size_t ldx, size_t n_rows_x, float* y, size_t ldy, float* scratch) {
   switch (wtype) {
-    case W_F32: matmul_t<W_F32>(w, k, r0, r1, x, ldx, n_rows_x, y, ldy); break;
-    case W_F16: matmul_t<W_F16>(w, k, r0, r1, x, ldx, n_rows_x, y, ldy); break;
-    case W_BF16: matmul_t<W_BF16>(w, k, r0, r1, x, ldx, n_rows_x, y, ldy); break;
+    case W_F32: matmul_t<W_F32>(w, k, r0, r1, x, ldx, n_rows_x, y, ldy, scratch); break;
+    case W_F16: matmul_t<W_F16>(w, k, r0, r1, x, ldx, n_rows_x, y, ldy, scratch); break;
+    case W_BF16: matmul_t<W_BF16>(w, k, r0, r1, x, ldx, n_rows_x, y, ldy, scratch); break;
     case W_Q8_0:
       if (weight_row_bytes(W_Q8_0, k) != 0 || k == 0)
-        matmul_t<W_Q8_0>(w, k, r0, r1, x, ldx, n_rows_x, y, ldy);
+        matmul_t<W_Q8_0>(w, k, r0, r1, x, ldx, n_rows_x, y, ldy, scratch);
       break;
     default: break;
   }

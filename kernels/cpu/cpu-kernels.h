@@ -22,10 +22,19 @@ CpuIsa cpu_isa();
 CpuIsa cpu_isa_set(CpuIsa isa);
 const char* cpu_isa_name(CpuIsa isa);
 
+// Floats a matmul may pack weights into (the AVX2 prefill path: 16 rows of
+// 256 weights as f32).
+constexpr size_t MATMUL_PACK_FLOATS = 4096;
+// Floats of `scratch` a matmul of k-weight rows needs: k for a dequantized
+// row, or the packed weights and room to align them to 32 bytes.
+constexpr size_t matmul_scratch_floats(size_t k) {
+  return k > MATMUL_PACK_FLOATS + 8 ? k : MATMUL_PACK_FLOATS + 8;
+}
+
 // y[m * ldy + r] = dot(x[m * ldx .. + k], W row r) for r in [r0, r1) and
 // m in [0, n_rows_x). W holds rows of k weights of type `wtype`, each
 // weight_row_bytes(wtype, k) bytes, starting at `w`. Callers split [r0, r1)
-// across threads. `scratch` holds at least k floats (for dequantized rows).
+// across threads. `scratch` holds at least matmul_scratch_floats(k) floats.
 void matmul(uint32_t wtype, const void* w, size_t k, size_t r0, size_t r1,
             const float* x, size_t ldx, size_t n_rows_x, float* y, size_t ldy,
             float* scratch);

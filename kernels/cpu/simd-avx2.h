@@ -34,6 +34,25 @@ __attribute__((always_inline)) inline __m256 hsum8(const __m256* v) {
                        _mm256_permute2f128_ps(d[0], d[1], 0x31));
 }
 
+// v[i] lane j -> v[j] lane i (an 8 x 8 transpose in 24 shuffles).
+inline void transpose8(__m256* v) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+  }
+  for (int h = 0; h < 8; h += 4) {  // rows 0..3, then 4..7
+    u[h] = _mm256_shuffle_ps(t[h], t[h + 2], 0x44);          // columns 0 | 4
+    u[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], 0xEE);      // 1 | 5
+    u[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);  // 2 | 6
+    u[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);  // 3 | 7
+  }
+  for (int j = 0; j < 4; ++j) {
+    v[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    v[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
+}
+
 inline float hmax(__m256 v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));

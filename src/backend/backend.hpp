@@ -23,8 +23,8 @@ struct MatRef {
 
 // Per-session work memory the backend may use, sized at session creation.
 struct BackendScratch {
-  float* rows = nullptr;        // n_threads x row_floats, for dequantized rows
-  size_t row_floats = 0;
+  float* rows = nullptr;        // n_threads x row_floats, for dequantized or
+  size_t row_floats = 0;        // packed rows: matmul_scratch_floats(widest)
   kvrt_k::AttnPartial* parts = nullptr;  // attention partials
   float* part_acc = nullptr;     // (part_capacity + kMaxSplit) x head_dim floats
   size_t part_capacity = 0;     // partials that fit

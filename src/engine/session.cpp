@@ -116,7 +116,7 @@ Session::Session(std::shared_ptr<const LoadedModel> model, const SessionConfig& 
   gate_.resize(mb * ff);
   up_.resize(mb * ff);
   const unsigned nt = rt_.threads().size();
-  scratch_.row_floats = std::max(d, ff);
+  scratch_.row_floats = kvrt_k::matmul_scratch_floats(std::max(d, ff));
   rows_.resize(nt * scratch_.row_floats);
   scratch_.rows = rows_.data();
   scratch_.part_capacity = CpuBackend::attention_partials_needed(nt, hp.n_head, cfg_.n_ctx);

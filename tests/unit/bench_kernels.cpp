@@ -117,7 +117,7 @@ void bench_matvec(uint32_t wtype, size_t rows, size_t k, int threads, size_t m_r
   std::vector<double> gbs;
   for (int rep = 0; rep < 5; ++rep) {
     double t = timed_threads(threads, [&](int ti) {
-      std::vector<float> scratch(k);
+      std::vector<float> scratch(matmul_scratch_floats(k));
       size_t r0 = rows * ti / threads, r1 = rows * (ti + 1) / threads;
       for (size_t c = 0; c < copies; ++c)
         matmul(wtype, w.data() + c * mat, k, r0, r1, x.data(), k, m_rows, y.data(), rows,
@@ -153,9 +153,9 @@ void bench_decode_step(unsigned threads) {
   kvrt::ThreadPool pool(threads);
   kvrt::CpuBackend be(pool);
   kvrt::BackendScratch s;
-  std::vector<float> rows(threads * ff), x(ff, 0.5f), y(3 * vocab);
+  s.row_floats = matmul_scratch_floats(ff);
+  std::vector<float> rows(threads * s.row_floats), x(ff, 0.5f), y(3 * vocab);
   s.rows = rows.data();
-  s.row_floats = ff;
   auto step = [&] {
     const uint8_t* p = w.data();
     auto mat = [&](size_t r, size_t c) {
@@ -257,8 +257,10 @@ int main(int argc, char** argv) {
     bench_matvec(W_F32, 4096, 1024, 1);
     bench_matvec(W_BF16, 4096, 1024, 1);
     printf("prefill-shaped products (M activation rows):\n");
+    bench_matvec(W_F16, 1024, 4096, 1, 8);
     bench_matvec(W_F16, 1024, 4096, 1, 16);
     bench_matvec(W_F16, 1024, 4096, 1, 64);
+    bench_matvec(W_F16, 4096, 1024, 1, 64);
     bench_matvec(W_Q8_0, 1024, 4096, 1, 64);
     bench_matvec(W_F32, 1024, 4096, 1, 64);
   }

@@ -66,7 +66,7 @@ void run_case(const Weights& w, size_t r0, size_t r1, size_t m_rows, kt::Rng& rn
   const size_t ldx = k + 3, ldy = w.rows + 5;  // strides wider than the data
   std::vector<float> x(m_rows * ldx);
   for (float& v : x) v = rng.uni(-1.0f, 1.0f);
-  std::vector<float> scratch(k + 1);
+  std::vector<float> scratch(matmul_scratch_floats(k));
   const float sentinel = 12345.0f;
   for (CpuIsa isa : kt::isa_levels()) {
     cpu_isa_set(isa);
@@ -102,12 +102,15 @@ void run_case(const Weights& w, size_t r0, size_t r1, size_t m_rows, kt::Rng& rn
 void sweep(uint32_t type, const std::vector<size_t>& ks) {
   kt::Rng rng(100 + type);
   for (size_t k : ks) {
-    const size_t rows = 13;
+    const size_t rows = 40;
     Weights w = make_weights(type, k, rows, rng);
-    const size_t ranges[][2] = {{0, 13}, {3, 13}, {1, 2}, {5, 12}, {2, 10}};
+    // Ranges of fewer than 16 rows, and of one or two 16-row panels of the
+    // AVX2 prefill path with and without rows left over.
+    const size_t ranges[][2] = {{0, 13}, {3, 40}, {1, 2}, {5, 12}, {2, 10}, {2, 34}};
     // Row counts hitting every tile height and remainder of each ISA's
-    // prefill blocking (6 and 8 rows for AVX-512, 3 and 4 for AVX2).
-    const size_t ms[] = {1, 2, 3, 6, 7, 13, 17, 64};
+    // prefill blocking (6 and 8 rows for AVX-512; 3 and 4 for AVX2's
+    // dot-product tile, 6 for its panel blocks from 16 rows on).
+    const size_t ms[] = {1, 2, 3, 6, 7, 13, 16, 17, 23, 64};
     for (auto& rr : ranges)
       for (size_t m : ms) {
         if (k >= 2048 && m > 3 && rr[0] != 3) continue;  // keep the run short
