@@ -44,22 +44,10 @@ constexpr uint32_t qpad(uint32_t hd) { return (hd + 31) & ~31u; }
 
 // z[i] = 8 dwords of row i -> z[j] lane t = dword j of row t.
 inline void transpose8(__m256i* z) {
-  __m256 r[8], t[8], u[8];
+  __m256 r[8];
   for (int i = 0; i < 8; ++i) r[i] = _mm256_castsi256_ps(z[i]);
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int h = 0; h < 8; h += 4) {  // rows 0..3, then 4..7
-    u[h] = _mm256_shuffle_ps(t[h], t[h + 2], 0x44);      // dwords 0 | 4
-    u[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], 0xEE);  // 1 | 5
-    u[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);  // 2 | 6
-    u[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);  // 3 | 7
-  }
-  for (int j = 0; j < 4; ++j) {
-    z[j] = _mm256_castps_si256(_mm256_permute2f128_ps(u[j], u[4 + j], 0x20));
-    z[4 + j] = _mm256_castps_si256(_mm256_permute2f128_ps(u[j], u[4 + j], 0x31));
-  }
+  avx2::simd::transpose8(r);
+  for (int i = 0; i < 8; ++i) z[i] = _mm256_castps_si256(r[i]);
 }
 
 // Key code vectors kc[m] (m < hd / 4): lane t = the 4 codes of row t that
