@@ -399,8 +399,8 @@ void softmax_values(__m256 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, u
     const uint32_t c_end = 32 * G + 32 < hd ? 32 * G + 32 : hd;
     for (uint32_t g = 0; g < NG; g += 4) {
       constexpr int K = NG < 4 ? (int)NG : 4;
-      values<VF, K>(runs, nr, rbv, hd, 32 * G, c_end, w + (size_t)g * kMaxRuns * kRows, mb + g, alpha + g,
-                    acc + (size_t)g * hd);
+      values<VF, K>(runs, nr, rbv, hd, 32 * G, c_end, w + (size_t)g * kMaxRuns * kRows, mb + g,
+                    alpha + g, acc + (size_t)g * hd);
     }
   }
 }

@@ -90,10 +90,11 @@ struct QAttnOps {
   // against the query rounded per 32 channels and block (15 bits against q8
   // keys; against q4 keys 15 bits with q4_query_15bit, else int8; the rules
   // and error bound are in docs/quantization.md) and updates the online
-  // softmax once per 64 scored rows rather than once per block. `work` holds ng * hp floats
-  // (hp: hd rounded up to a multiple of 32) the step may overwrite (the
-  // caller's, so that the step's own stack frame stays small). Tried before fold and the k_*/v_* loops for
-  // the shapes qattn_block_q_takes(hd, ng) accepts; returns false otherwise.
+  // softmax once per 64 scored rows rather than once per block. `work`
+  // holds ng * hp floats (hp: hd rounded up to a multiple of 32) the step
+  // may overwrite (the caller's, so that the step's own stack frame stays
+  // small). Tried before fold and the k_*/v_* loops for the shapes
+  // qattn_block_q_takes(hd, ng) accepts; returns false otherwise.
   bool (*block_q)(uint32_t k_format, uint32_t v_format, const QAttnBlock* blocks, uint32_t nb,
                   size_t rbk, size_t rbv, uint32_t hd, const float* q, float scale, uint32_t ng,
                   float* work, float* m, float* l, float* acc);
