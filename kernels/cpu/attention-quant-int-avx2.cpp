@@ -257,28 +257,20 @@ struct VRun {
   uint32_t n;
 };
 
-// v[G] lane t = the f16 at p[t * ngv + G] as float, for rows t < n (0 past n).
-inline void token_lanes(const uint16_t* p, uint32_t ngv, uint32_t n, __m256* v) {
-  alignas(32) uint16_t h[kRows * kMaxG32];
-  if (n < kRows) {  // rows past n may lie past the block part: read only n
-    memset(h, 0, sizeof h);
-    memcpy(h, p, (size_t)n * ngv * sizeof(uint16_t));
-    p = h;
-  }
-  if (ngv == 1) {
-    v[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
-  } else if (ngv == 2) {  // [t][2]: even lanes are group 0, odd ones group 1
+// Lane t = the f16 at p[t * ngv + G] as float, for rows t < n (0 past n):
+// one group's value scales (or minimums) of a run's rows.
+inline __m256 token_lanes(const uint16_t* p, uint32_t ngv, uint32_t n, uint32_t G) {
+  if (n == kRows && ngv == 1) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+  if (n == kRows && ngv == 2) {  // [t][2]: even halves are group 0, odd ones group 1
     const __m256 a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
     const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 8)));
-    v[0] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
-    v[1] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
-  } else {
-    alignas(32) float f[kRows * kMaxG32];
-    for (uint32_t i = 0; i < kRows * ngv; i += 8)
-      _mm256_store_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + i))));
-    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)ngv));
-    for (uint32_t G = 0; G < ngv; ++G) v[G] = _mm256_i32gather_ps(f + G, idx, 4);
+    const __m256 s = G ? _mm256_shuffle_ps(a, b, 0xDD) : _mm256_shuffle_ps(a, b, 0x88);
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), 0xD8));
   }
+  // Rows past n may lie past the block part: read only n.
+  alignas(16) uint16_t h[kRows] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (uint32_t t = 0; t < n; ++t) h[t] = p[(size_t)t * ngv + G];
+  return _mm256_cvtph_ps(_mm_load_si128((const __m128i*)h));
 }
 
 // Channels [c_begin, c_end) of one 32-channel group, K <= 4 heads: acc[k]
@@ -386,12 +378,11 @@ void softmax_values(__m256 (*s)[8], const VRun* runs, uint32_t nr, size_t rbv, u
     __m256 pm[NG];
     for (uint32_t g = 0; g < NG; ++g) pm[g] = _mm256_setzero_ps();
     for (uint32_t r = 0; r < nr; ++r) {
-      __m256 vs[kMaxG32], vm[kMaxG32];
-      token_lanes(runs[r].sc, ngv, runs[r].n, vs);
-      if constexpr (VF == kKvqQ4) token_lanes(runs[r].mn, ngv, runs[r].n, vm);
+      const __m256 vs = token_lanes(runs[r].sc, ngv, runs[r].n, G);
+      const __m256 vm = VF == kKvqQ4 ? token_lanes(runs[r].mn, ngv, runs[r].n, G) : vs;
       for (uint32_t g = 0; g < NG; ++g) {
-        _mm256_store_ps(w + ((size_t)g * kMaxRuns + r) * kRows, _mm256_mul_ps(s[r][g], vs[G]));
-        if constexpr (VF == kKvqQ4) pm[g] = _mm256_fmadd_ps(s[r][g], vm[G], pm[g]);
+        _mm256_store_ps(w + ((size_t)g * kMaxRuns + r) * kRows, _mm256_mul_ps(s[r][g], vs));
+        if constexpr (VF == kKvqQ4) pm[g] = _mm256_fmadd_ps(s[r][g], vm, pm[g]);
       }
     }
     if constexpr (VF == kKvqQ4)
