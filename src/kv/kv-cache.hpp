@@ -32,9 +32,11 @@ struct BlockRuns {
   void for_each(F&& f) const {
     for (uint32_t l = 0; l < lay.n_layer; ++l) {
       if (lay.k_head_bytes)
-        for (uint32_t h = 0; h < lay.n_head_kv; ++h) f(base + kvrt_k::kv_k_offset(lay, l, h), lay.k_head_bytes);
+        for (uint32_t h = 0; h < lay.n_head_kv; ++h)
+          f(base + kvrt_k::kv_k_offset(lay, l, h), lay.k_head_bytes);
       if (lay.v_head_bytes)
-        for (uint32_t h = 0; h < lay.n_head_kv; ++h) f(base + kvrt_k::kv_v_offset(lay, l, h), lay.v_head_bytes);
+        for (uint32_t h = 0; h < lay.n_head_kv; ++h)
+          f(base + kvrt_k::kv_v_offset(lay, l, h), lay.v_head_bytes);
     }
   }
   // Copies the block out to / in from its one-piece form.

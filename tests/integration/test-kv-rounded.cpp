@@ -19,8 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "cli-common.hpp"
 #include "kvrt/kvrt.h"
+#include "synth-models.hpp"
 
 extern "C" {
 #include <setjmp.h>
@@ -31,26 +31,15 @@ extern "C" {
 
 namespace {
 
-struct Shape {
-  const char* name;
-  const char* heads;
-  const char* kv_heads;
-  const char* dim;
-};
 // head_dim 64 each: 8, 2 and 2 queries per prefill pass (3 heads padded).
-const Shape kShapes[] = {{"1 head per KV head", "4", "4", "256"},
-                         {"3 heads per KV head", "6", "2", "384"},
-                         {"4 heads per KV head", "8", "2", "512"}};
+const kvrt_test::SynthShape kShapes[] = {{"1 head per KV head", "4", "4", "256"},
+                                         {"3 heads per KV head", "6", "2", "384"},
+                                         {"4 heads per KV head", "8", "2", "512"}};
 
 constexpr uint32_t kPrompt = 150, kSteps = 24;
 
-std::string write_model(const Shape& s, const std::string& path) {
-  std::vector<std::string> args = {"kvrt", "synth", "-o", path, "--dim", s.dim, "--layers", "2", "--heads",
-                                   s.heads, "--kv-heads", s.kv_heads, "--ff", "256", "--vocab", "512",
-                                   "--ctx", "512", "--type", "f32", "--seed", "11"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  assert_int_equal(kvrt_tools::cmd_synth((int)argv.size(), argv.data()), 0);
+std::string write_model(const kvrt_test::SynthShape& s, const std::string& path) {
+  assert_int_equal(kvrt_test::write_synth_model(s, path, "f32", "11"), 0);
   return path;
 }
 
@@ -98,7 +87,7 @@ void test_prefill_matches_steps(void**) {
   assert_int_equal(kvrt_runtime_create(&rp, &rt), KVRT_OK);
   const uint32_t kPairs[][2] = {
       {KVRT_KV_FORMAT_Q8, KVRT_KV_FORMAT_Q8}, {KVRT_KV_FORMAT_Q4, KVRT_KV_FORMAT_Q4}, {KVRT_KV_FORMAT_Q8, KVRT_KV_FORMAT_Q4}};
-  for (const Shape& shape : kShapes) {
+  for (const kvrt_test::SynthShape& shape : kShapes) {
     const std::string path = write_model(shape, (dir / "model.gguf").string());
     kvrt_model* m = nullptr;
     assert_int_equal(kvrt_model_load(rt, path.c_str(), nullptr, &m), KVRT_OK);

@@ -22,8 +22,9 @@
 #include <string>
 #include <vector>
 
-#include "cli-common.hpp"
+#include "known-answers.hpp"
 #include "kvrt/kvrt.h"
+#include "synth-models.hpp"
 
 extern "C" {
 #include <setjmp.h>
@@ -168,30 +169,16 @@ void check_model(kvrt_runtime* rt, const std::string& path, const char* name) {
   kvrt_model_destroy(m);
 }
 
-std::string model_path() {
-  const char* p = std::getenv("KVRT_MODEL");
-  if (p && *p) return p;
-  p = std::getenv("KVRT_MODEL_DEFAULT");
-  if (p && *p) return p;
-  fail_msg("test model not found: set KVRT_MODEL to stories260K.gguf");
-  return {};
-}
-
 void test_test_model(void**) {
   kvrt_runtime* rt = runtime();
-  check_model(rt, model_path(), "test model");
+  const std::string path = kvrt_test::model_path();
+  if (path.empty()) fail_msg("test model not found: set KVRT_MODEL to stories260K.gguf");
+  check_model(rt, path, "test model");
   kvrt_runtime_destroy(rt);
 }
 
-struct Shape {
-  const char* name;
-  const char* heads;
-  const char* kv_heads;
-  const char* dim;
-};
-
 void test_synthetic(void**) {
-  const Shape shapes[] = {{"hd64, 1 head per KV", "4", "4", "256"},
+  const kvrt_test::SynthShape shapes[] = {{"hd64, 1 head per KV", "4", "4", "256"},
                           {"hd64, 2 heads per KV", "4", "2", "256"},
                           {"hd64, 3 heads per KV", "6", "2", "384"},
                           {"hd64, 4 heads per KV", "8", "2", "512"},
@@ -202,15 +189,9 @@ void test_synthetic(void**) {
                            ("kvrt-stack-" + std::to_string(getpid()))).string();
   std::filesystem::create_directories(dir);
   kvrt_runtime* rt = runtime();
-  for (const Shape& s : shapes) {
+  for (const kvrt_test::SynthShape& s : shapes) {
     const std::string path = dir + "/model.gguf";
-    std::vector<std::string> args = {"kvrt",  "synth",      "-o",       path,   "--dim", s.dim,
-                                     "--layers", "2",       "--heads",  s.heads, "--kv-heads",
-                                     s.kv_heads, "--ff",    "256",      "--vocab", "512",
-                                     "--ctx",    "512",     "--type",   "f16",  "--seed", "5"};
-    std::vector<char*> argv;
-    for (auto& x : args) argv.push_back(x.data());
-    assert_int_equal(kvrt_tools::cmd_synth((int)argv.size(), argv.data()), 0);
+    assert_int_equal(kvrt_test::write_synth_model(s, path, "f16", "5"), 0);
     check_model(rt, path, s.name);
   }
   kvrt_runtime_destroy(rt);
