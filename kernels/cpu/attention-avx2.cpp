@@ -22,14 +22,15 @@ template <int R>
 constexpr int kKeysPerPass = R == 1 ? 8 : R == 2 ? 4 : R <= 4 ? 2 : 1;
 
 // Scores s[r][j] of R rows for the n positions of a chunk from t, whose key
-// rows start at kptr[j] (scaled; -inf where row r does not see t + j).
+// rows start at kptr[j] (scaled; -inf where row r does not see t + j),
+// issuing pq's K prefetches spread over its passes.
 // A pass takes K = kKeysPerPass<R> keys: one accumulator per (row, key),
 // each query vector loaded once for the K keys, and the R * K sums reduced
 // by one hsum8 (lane r * K + k; lanes past R * K stay zero).
 template <uint32_t KF, int R>
 inline void score_chunk(const detail::AttnRows& rows, size_t hd, float scale,
                         const uint8_t* const* kptr, uint32_t t, uint32_t n,
-                        float (*s)[detail::ATTN_CHUNK_TOKENS]) {
+                        float (*s)[detail::ATTN_CHUNK_TOKENS], detail::PrefetchQueue& pq) {
   constexpr int K = kKeysPerPass<R>;
   constexpr size_t ek = elem_bytes(KF);
   alignas(32) int32_t tend[8], koff[8];
@@ -41,7 +42,9 @@ inline void score_chunk(const detail::AttnRows& rows, size_t hd, float scale,
   const __m256i tend_v = _mm256_load_si256((const __m256i*)tend);
   const __m256i koff_v = _mm256_load_si256((const __m256i*)koff);
   const __m256 sv = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+  const uint32_t per_pass = pq.k.share((n + K - 1) / K);
   for (uint32_t j = 0; j < n; j += K) {
+    pq.k.issue(per_pass);
     const uint8_t* kr[K];
     for (int k = 0; k < K; ++k) kr[k] = kptr[j + k < n ? j + k : n - 1];
     __m256 acc[8];
@@ -89,16 +92,17 @@ inline void values_pass(const detail::AttnRows& rows, size_t hd, const AttnRun* 
 }
 
 // Scores, softmax update and V accumulation for R rows over one chunk: runs
-// [0, n_runs) covering n positions from t (attention-walk.h).
+// [0, n_runs) covering n positions from t, while pq's prefetches are issued
+// (attention-walk.h).
 template <uint32_t KF, uint32_t VF, int R>
 void attn_chunk(const detail::AttnRows& rows, size_t hd, float scale, const AttnRun* runs,
-                uint32_t n_runs, uint32_t t, uint32_t n) {
+                uint32_t n_runs, uint32_t t, uint32_t n, detail::PrefetchQueue& pq) {
   constexpr size_t ek = elem_bytes(KF);
   alignas(32) float s[R][detail::ATTN_CHUNK_TOKENS];
   const uint8_t* kptr[detail::ATTN_CHUNK_TOKENS];
   for (uint32_t i = 0; i < n_runs; ++i)
     for (uint32_t j = 0; j < runs[i].n; ++j) kptr[runs[i].off + j] = runs[i].kp + j * hd * ek;
-  score_chunk<KF, R>(rows, hd, scale, kptr, t, n, s);
+  score_chunk<KF, R>(rows, hd, scale, kptr, t, n, s, pq);
   // Pad to whole vectors with -inf so the vector max/exp below see no garbage.
   const uint32_t n8 = (n + 7) & ~7u;
   for (int r = 0; r < R; ++r)
@@ -132,10 +136,15 @@ void attn_chunk(const detail::AttnRows& rows, size_t hd, float scale, const Attn
 
   // Values: 8 * W channels per pass: each weight broadcast serves W FMAs,
   // and R * W accumulators (up to 8) are as many independent chains for the
-  // FMA units; W = 1 for more than 4 rows and for the last channels.
+  // FMA units; W = 1 for more than 4 rows and for the last channels. The V
+  // prefetches go out between the passes.
   constexpr int W = R == 1 ? 4 : R <= 4 ? 2 : 1;
+  const uint32_t per_pass = pq.v.share((uint32_t)(hd / (8 * W)));
   size_t d = 0;
-  for (; d + 8 * W <= hd; d += 8 * W) values_pass<VF, R, W>(rows, hd, runs, n_runs, s, d);
+  for (; d + 8 * W <= hd; d += 8 * W) {
+    pq.v.issue(per_pass);
+    values_pass<VF, R, W>(rows, hd, runs, n_runs, s, d);
+  }
   for (; d < hd; d += 8) values_pass<VF, R, 1>(rows, hd, runs, n_runs, s, d);
 }
 
@@ -143,8 +152,9 @@ template <uint32_t KF, uint32_t VF, int R>
 void attn_rows_t(const AttnArgs& a, uint32_t kv_head, const detail::AttnRows& rows) {
   const size_t hd = a.layout->head_dim;
   detail::attn_for_each_chunk(a, kv_head, rows, hd * elem_bytes(KF), hd * elem_bytes(VF),
-                              [&](const AttnRun* runs, uint32_t n_runs, uint32_t t, uint32_t n) {
-                                attn_chunk<KF, VF, R>(rows, hd, a.scale, runs, n_runs, t, n);
+                              [&](const AttnRun* runs, uint32_t n_runs, uint32_t t, uint32_t n,
+                                  detail::PrefetchQueue& pq) {
+                                attn_chunk<KF, VF, R>(rows, hd, a.scale, runs, n_runs, t, n, pq);
                               });
 }
 

@@ -33,6 +33,62 @@ constexpr uint32_t ATTN_CHUNK_RUNS = ATTN_CHUNK_TOKENS / 4;
 // distance of the float walk").
 constexpr size_t ATTN_WALK_PREFETCH_BYTES = 8192;
 
+// Cache lines to prefetch, which a kernel hands out a few at a time between
+// its passes (issue).
+struct LineQueue {
+  struct Range {
+    uintptr_t x, end;  // next line to issue; end of the range
+  };
+  // One range per block the queued positions touch, up to twice a chunk's
+  // runs: with blocks of a few tokens the walk queues as many as fit, more
+  // than a chunk covers, and so catches up over the next chunks.
+  static constexpr uint32_t kMaxRanges = 2 * ATTN_CHUNK_RUNS;
+  Range r[kMaxRanges];
+  uint32_t n, i;  // ranges queued; the first not done
+  uint32_t lines, issued;
+
+  void add(const void* p, size_t bytes) {
+    const uintptr_t x = (uintptr_t)p & ~(uintptr_t)63, end = (uintptr_t)p + bytes;
+    r[n++] = Range{x, end};
+    lines += (uint32_t)((end - x + 63) / 64);
+  }
+  // Lines per call for `calls` calls to issue the rest.
+  uint32_t share(uint32_t calls) const {
+    return calls ? (lines - issued + calls - 1) / calls : lines - issued;
+  }
+  // Prefetches the next k lines into L1.
+  void issue(uint32_t k) {
+    while (k && i < n) {
+      uintptr_t x = r[i].x;
+      const uintptr_t end = r[i].end;
+      uint32_t m = (uint32_t)((end - x + 63) / 64);
+      if (m > k) m = k;
+      for (uint32_t j = 0; j < m; ++j, x += 64) KVRT_PREFETCH_LINE((const void*)x);
+      r[i].x = x;
+      k -= m;
+      issued += m;
+      if (x >= end) ++i;
+    }
+  }
+  void issue_rest() { issue(lines - issued); }
+  void clear() { n = i = lines = issued = 0; }
+};
+
+// The K and V lines of the positions a chunk is to prefetch. A kernel
+// spreads them over its passes, the K lines over its key passes and the V
+// lines over its value passes, so that each stays as far ahead of its use
+// as the walk asked: issued at once, a chunk's 128-256 lines filled the
+// core's queue of misses and its first passes waited behind them, so
+// compute and memory took turns instead of overlapping (docs/benchmarks.md,
+// "Prefetches spread over the chunk").
+struct PrefetchQueue {
+  LineQueue k, v;
+  void issue_rest() {
+    k.issue_rest();
+    v.issue_rest();
+  }
+};
+
 // One block's part of a chunk: n positions whose K and V rows start at kp
 // and vp; their scores go to columns [off, off + n) of the chunk.
 struct AttnRun {
@@ -65,6 +121,23 @@ struct AttnWalk {
     return n;
   }
 
+  // Queues the cache lines of the K and V rows of positions up to end, as
+  // many as q holds.
+  void queue_to(uint32_t end, PrefetchQueue* q) {
+    if (end > t_max) end = t_max;
+    q->k.clear();
+    q->v.clear();
+    while (pf < end && q->k.n < LineQueue::kMaxRanges) {
+      const uint32_t slot = pf % bt;
+      uint32_t n = bt - slot;
+      if (n > end - pf) n = end - pf;
+      const uint8_t* blk = blocks[pf / bt];
+      q->k.add(blk + koff + slot * krow, n * krow);
+      q->v.add(blk + voff + slot * vrow, n * vrow);
+      pf += n;
+    }
+  }
+
   // Prefetches every cache line of the K and V rows of positions up to end.
   void prefetch_to(uint32_t end) {
     if (end > t_max) end = t_max;
@@ -81,9 +154,11 @@ struct AttnWalk {
 };
 
 // Walks kv_head's part of layer a.layer over the positions rows see, whose
-// K and V rows take krow and vrow bytes: f(runs, n_runs, t, n) for each
-// chunk of n positions from t, with the rows ATTN_WALK_PREFETCH_BYTES past
-// it prefetched first.
+// K and V rows take krow and vrow bytes: f(runs, n_runs, t, n, pq) for each
+// chunk of n positions from t. The first chunk's rows are prefetched before
+// it; pq holds the lines of the rows from there to ATTN_WALK_PREFETCH_BYTES
+// past the chunk, for f to issue while it computes (what it leaves is
+// issued after it).
 template <class F>
 inline void attn_for_each_chunk(const AttnArgs& a, uint32_t kv_head, const AttnRows& rows,
                                 size_t krow, size_t vrow, F&& f) {
@@ -96,10 +171,13 @@ inline void attn_for_each_chunk(const AttnArgs& a, uint32_t kv_head, const AttnR
   const uint32_t ahead = ahead_rows > 8 ? (uint32_t)ahead_rows : 8;
   AttnRun runs[ATTN_CHUNK_RUNS];
   uint32_t n_runs;
+  PrefetchQueue pq;
   for (uint32_t t = rows.t0; t < t_max;) {
     const uint32_t n = w.chunk(t, runs, &n_runs);
-    w.prefetch_to(t + n + ahead);
-    f(runs, n_runs, t, n);
+    if (t == rows.t0) w.prefetch_to(t + n);
+    w.queue_to(t + n + ahead, &pq);
+    f(runs, n_runs, t, n, pq);
+    pq.issue_rest();
     t += n;
   }
 }

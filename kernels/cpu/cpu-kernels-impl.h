@@ -22,13 +22,20 @@ constexpr uint32_t ATTN_MAX_ROWS = 8;
 // flight than the L1 cache holds (docs/quantization.md, "Block size").
 constexpr uint32_t ATTN_PREFETCH_TOKENS = 128;
 
+// The kernels' software prefetch of one cache line into L1. A test that
+// includes a walk's header may define it first to see which lines the walk
+// asks for, and when (test-kernels-walk.cpp).
+#ifndef KVRT_PREFETCH_LINE
+#define KVRT_PREFETCH_LINE(p) __builtin_prefetch((p), 0, 3)
+#endif
+
 // Prefetches every cache line of [p, p + n) into L1; nothing for a null p.
 // Runs need not start on a cache line. Static: each ISA's file keeps its own
 // copy, compiled with its own flags.
 static inline void prefetch_lines(const void* p, size_t n) {
   if (!p) return;
   for (uintptr_t x = (uintptr_t)p & ~(uintptr_t)63; x < (uintptr_t)p + n; x += 64)
-    __builtin_prefetch((const void*)x, 0, 3);
+    KVRT_PREFETCH_LINE((const void*)x);
 }
 
 // A set of rows sharing one KV head. Row r sees positions [t0, t_end[r]);
