@@ -137,20 +137,6 @@ struct AttnWalk {
       pf += n;
     }
   }
-
-  // Prefetches every cache line of the K and V rows of positions up to end.
-  void prefetch_to(uint32_t end) {
-    if (end > t_max) end = t_max;
-    while (pf < end) {
-      const uint32_t slot = pf % bt;
-      uint32_t n = bt - slot;
-      if (n > end - pf) n = end - pf;
-      const uint8_t* blk = blocks[pf / bt];
-      prefetch_lines(blk + koff + slot * krow, n * krow);
-      prefetch_lines(blk + voff + slot * vrow, n * vrow);
-      pf += n;
-    }
-  }
 };
 
 // Walks kv_head's part of layer a.layer over the positions rows see, whose
@@ -174,7 +160,10 @@ inline void attn_for_each_chunk(const AttnArgs& a, uint32_t kv_head, const AttnR
   PrefetchQueue pq;
   for (uint32_t t = rows.t0; t < t_max;) {
     const uint32_t n = w.chunk(t, runs, &n_runs);
-    if (t == rows.t0) w.prefetch_to(t + n);
+    if (t == rows.t0) {  // the first chunk's own rows, at once
+      w.queue_to(t + n, &pq);
+      pq.issue_rest();
+    }
     w.queue_to(t + n + ahead, &pq);
     f(runs, n_runs, t, n, pq);
     pq.issue_rest();

@@ -5,19 +5,18 @@
 // nothing outside them, however the kernel spreads what it is given (or
 // issues none of it).
 #include <stdint.h>
-#include <string.h>
 
 #include <algorithm>
 #include <set>
 #include <vector>
 
-#include "test-kernels-util.h"
-
-// Every line the walk prefetches, in order (the walk's header reads this
-// hook instead of issuing the instruction).
+// Every line the walk prefetches, in order: the kernels' headers take this
+// hook instead of the prefetch instruction, so it comes before them.
 static std::vector<uintptr_t> g_lines;
 #define KVRT_PREFETCH_LINE(p) g_lines.push_back((uintptr_t)(p))
+
 #include "kernels/cpu/attention-walk.h"
+#include "test-kernels-util.h"
 
 using namespace kvrt_k;
 using detail::AttnRun;
