@@ -77,10 +77,11 @@ struct LineQueue {
 // The K and V lines of the positions a chunk is to prefetch. A kernel
 // spreads them over its passes, the K lines over its key passes and the V
 // lines over its value passes, so that each stays as far ahead of its use
-// as the walk asked: issued at once, a chunk's 128-256 lines filled the
-// core's queue of misses and its first passes waited behind them, so
-// compute and memory took turns instead of overlapping (docs/benchmarks.md,
-// "Prefetches spread over the chunk").
+// as the walk asked. Issued at once, a chunk's 128-256 lines are more than
+// the core keeps in flight; from memory the kernel then took about the sum
+// of its arithmetic and of a plain read, as if the two took turns, and 16-20%
+// longer than with the lines spread (docs/benchmarks.md, "Prefetches spread
+// over the chunk").
 struct PrefetchQueue {
   LineQueue k, v;
   void issue_rest() {
