@@ -63,7 +63,8 @@ struct LineQueue {
       const uintptr_t end = r[i].end;
       uint32_t m = (uint32_t)((end - x + 63) / 64);
       if (m > k) m = k;
-      for (uint32_t j = 0; j < m; ++j, x += 64) KVRT_PREFETCH_LINE((const void*)x);
+      prefetch_lines((const void*)x, (size_t)m * 64);
+      x += (size_t)m * 64;
       r[i].x = x;
       k -= m;
       issued += m;
@@ -75,9 +76,13 @@ struct LineQueue {
 };
 
 // The K and V lines of the positions a chunk is to prefetch. A kernel
-// spreads them over its passes, the K lines over its key passes and the V
-// lines over its value passes, so that each stays as far ahead of its use
-// as the walk asked. Issued at once, a chunk's 128-256 lines are more than
+// spreads them over its passes, the K lines over its key passes (each pass
+// then issues about the lines of the rows `ahead` positions past the keys
+// it scores) and the V lines over its value passes. Where `ahead` is
+// shorter than the chunk, the V queue also holds rows of the chunk's own
+// second half, which its first value pass reads before their share is
+// issued (docs/benchmarks.md says what was and was not measured). Issued
+// at once, a chunk's 128-256 lines are more than
 // the core keeps in flight; from memory the kernel then took about the sum
 // of its arithmetic and of a plain read, as if the two took turns, and 16-20%
 // longer than with the lines spread (docs/benchmarks.md, "Prefetches spread

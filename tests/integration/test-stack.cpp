@@ -179,12 +179,12 @@ void test_test_model(void**) {
 
 void test_synthetic(void**) {
   const kvrt_test::SynthShape shapes[] = {{"hd64, 1 head per KV", "4", "4", "256"},
-                          {"hd64, 2 heads per KV", "4", "2", "256"},
-                          {"hd64, 3 heads per KV", "6", "2", "384"},
-                          {"hd64, 4 heads per KV", "8", "2", "512"},
-                          {"hd64, 7 heads per KV", "7", "1", "448"},
-                          {"hd128, 4 heads per KV", "8", "2", "1024"},
-                          {"hd256, 4 heads per KV", "8", "2", "2048"}};
+                                          {"hd64, 2 heads per KV", "4", "2", "256"},
+                                          {"hd64, 3 heads per KV", "6", "2", "384"},
+                                          {"hd64, 4 heads per KV", "8", "2", "512"},
+                                          {"hd64, 7 heads per KV", "7", "1", "448"},
+                                          {"hd128, 4 heads per KV", "8", "2", "1024"},
+                                          {"hd256, 4 heads per KV", "8", "2", "2048"}};
   const std::string dir = (std::filesystem::temp_directory_path() /
                            ("kvrt-stack-" + std::to_string(getpid()))).string();
   std::filesystem::create_directories(dir);
